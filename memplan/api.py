@@ -1,0 +1,114 @@
+"""The public API: :func:`compile` and :class:`CompiledModule`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from memplan.backends.pytorch import emit_python, load_python
+from memplan.errors import InputMismatchError, MemplanError, ModelLoadError
+from memplan.ir.graph import Graph
+from memplan.ir.printer import print_graph
+from memplan.ir.types import TensorType
+from memplan.passes import PassContext, run_pipeline
+from memplan.plan import Plan
+from memplan.target import HardwareSpec, load_target
+from memplan.units import parse_bytes
+
+
+class CompiledModule:
+    """A planned model: call it like the original.
+
+    Attributes: ``graph`` (the final IR), ``plan``, ``ir`` (IR text),
+    ``source`` (emitted Python), ``target``.
+    """
+
+    def __init__(self, graph: Graph, plan: Plan, target: HardwareSpec, log: list[str]):
+        self.graph = graph
+        self.plan = plan
+        self.target = target
+        self.log = log
+        self.source = emit_python(graph, plan)
+        self._run = load_python(self.source, f"memplan_{graph.name}")
+        self._weights = graph.weights
+
+    @property
+    def ir(self) -> str:
+        return print_graph(self.graph)
+
+    def check_inputs(self, args) -> None:
+        """Raise :class:`InputMismatchError` unless ``args`` match the graph inputs."""
+        expected = self.graph.inputs
+        if len(args) != len(expected):
+            raise InputMismatchError(
+                f"graph {self.graph.name!r} takes {len(expected)} inputs "
+                f"({', '.join(f'%{v.name}: {v.type}' for v in expected)}), got {len(args)}")
+        for a, v in zip(args, expected):
+            if not isinstance(a, torch.Tensor):
+                raise InputMismatchError(f"input %{v.name} must be a tensor {v.type}, got {type(a).__name__}")
+            got = TensorType.of(a)
+            if got.dtype != v.type.dtype or (v.type.is_static and got.shape != v.type.shape) \
+                    or len(got.shape) != len(v.type.shape):
+                raise InputMismatchError(f"input %{v.name}: expected {v.type}, got {got}")
+
+    def __call__(self, *args):
+        self.check_inputs(args)
+        with torch.inference_mode():
+            return self._run(self._weights, *args)
+
+    def __repr__(self) -> str:
+        return f"<CompiledModule {self.graph.name}: {len(self.plan.schedule)} steps on {self.target.name}>"
+
+
+def lower(model_or_path, example_inputs=None) -> Graph:
+    """Any supported model form → IR graph (frontend dispatch)."""
+    if isinstance(model_or_path, Graph):
+        return model_or_path
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        if path.suffix.lower() != ".onnx":
+            raise ModelLoadError(f"{str(path)!r}: memplan reads .onnx files (or takes a torch model in Python)")
+        from memplan.frontend.onnx import from_onnx
+        return from_onnx(path, example_inputs)
+    try:
+        import onnx
+        if isinstance(model_or_path, onnx.ModelProto):
+            from memplan.frontend.onnx import from_onnx
+            return from_onnx(model_or_path, example_inputs)
+    except ImportError:  # onnx is a dependency; keep torch-only use working without it
+        pass
+    from memplan.frontend.torch_export import from_torch
+    return from_torch(model_or_path, example_inputs)
+
+
+def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None, *,
+            pipeline: list[str] | None = None, dump_ir_after=None, dump_dir=None,
+            verify_each: bool = False) -> CompiledModule:
+    """Lower, plan and build a model.
+
+    ``model_or_path``: an ``nn.Module`` (with ``example_inputs``), an
+    ``ExportedProgram``, an ``fx.GraphModule``, an ``onnx.ModelProto`` or a
+    path to an ``.onnx`` file. ``target``: a preset name, a YAML/JSON spec
+    path or a :class:`HardwareSpec`. ``memory_budget``: bytes (int) or a
+    string such as ``"2GiB"`` — a hard bound on the planned activation peak;
+    :class:`~memplan.errors.BudgetInfeasibleError` if no plan fits.
+
+    >>> import torch, memplan
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
+    >>> cm = memplan.compile(model, (torch.randn(2, 8),), memory_budget="1MiB")
+    >>> torch.allclose(cm(torch.ones(2, 8)), model(torch.ones(2, 8)))
+    True
+    """
+    spec = load_target(target)
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    start = time.perf_counter()
+    graph = lower(model_or_path, example_inputs)
+    lowered = time.perf_counter() - start
+    ctx = PassContext(spec, budget)
+    graph, plan = run_pipeline(graph, ctx, pipeline, dump_after=dump_ir_after, dump_dir=dump_dir,
+                               verify_each=verify_each)
+    plan.stats["pass_seconds"] = {"lower": lowered, **plan.stats.get("pass_seconds", {})}
+    if not isinstance(graph, Graph):
+        raise MemplanError("pipeline did not return a graph")
+    return CompiledModule(graph, plan, spec, ctx.log)

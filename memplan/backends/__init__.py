@@ -1,0 +1,1 @@
+"""Backends: PyTorch (scheduled aten code) and, for fused groups, Triton."""

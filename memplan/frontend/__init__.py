@@ -1,0 +1,1 @@
+"""Frontends: torch (torch.export / fx) and ONNX, each producing an IR Graph."""

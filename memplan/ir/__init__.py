@@ -1,0 +1,6 @@
+"""memplan's IR: types, graph, op registry, printer/parser and verifier."""
+from memplan.ir.types import TensorType, Dim, DTYPES, dtype_name, sym
+from memplan.ir.graph import Graph, Node, Value, INPUT, PARAM, NODE, iter_values, map_values
+
+__all__ = ["TensorType", "Dim", "DTYPES", "dtype_name", "sym", "Graph", "Node", "Value",
+           "INPUT", "PARAM", "NODE", "iter_values", "map_values"]

@@ -1,0 +1,276 @@
+"""The op registry: per op, its kind, reference semantics, shape inference and cost.
+
+Ops are named like torch's op overloads (``aten.addmm.default``); the
+reference implementation of an ``aten.*`` op is the aten op itself, so the
+emitted PyTorch code calls exactly what the registry describes. Ops that
+aten lacks (ONNX-only semantics, fused groups) are registered under
+``memplan.*`` with a Python reference implementation in torch.
+
+Kinds follow TVM's fuse-pattern lattice: ``elementwise`` (same shape in and
+out), ``broadcast``, ``injective`` (data movement: views, concat, gather),
+``reduction``, ``opaque`` (matmul, conv, attention, anything else).
+Shape/dtype inference runs the reference implementation on meta tensors,
+unless an op registers its own rule.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+import torch
+
+from memplan.errors import UnsupportedOpError
+from memplan.ir.graph import Node, Value, map_values
+from memplan.ir.types import TensorType
+
+
+class OpKind(str, Enum):
+    ELEMENTWISE = "elementwise"
+    BROADCAST = "broadcast"
+    INJECTIVE = "injective"
+    REDUCTION = "reduction"
+    OPAQUE = "opaque"
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """What memplan knows of one op.
+
+    ``view`` ops return an alias of their first input (no bytes of their own);
+    ``flops`` maps a node to its floating-point operation count.
+    """
+
+    name: str
+    kind: OpKind
+    impl: Callable
+    view: bool = False
+    flops: Callable[[Node], int] | None = None
+    infer: Callable[[Node], list[TensorType]] | None = None
+
+    def flop_count(self, node: Node) -> int:
+        if self.flops is not None:
+            return int(self.flops(node))
+        if self.kind in (OpKind.INJECTIVE,) or self.view:
+            return 0
+        if self.kind is OpKind.REDUCTION:
+            return sum(_numel(v) for v in node.inputs[:1])
+        return sum(_numel(v) for v in node.outputs)
+
+    def bytes_moved(self, node: Node) -> int:
+        """Bytes read plus bytes written (0 for views)."""
+        if self.view:
+            return 0
+        return sum(_nbytes(v) for v in node.inputs) + sum(_nbytes(v) for v in node.outputs)
+
+
+def _numel(v: Value) -> int:
+    n = v.type.numel
+    return n if isinstance(n, int) else 0
+
+
+def _nbytes(v: Value) -> int:
+    n = v.type.nbytes
+    return n if isinstance(n, int) else 0
+
+
+# ---------------------------------------------------------------- aten tables
+# Names are aten packet names; every overload of a listed packet is supported
+# unless noted. These are the ops Core ATen decompositions of real models
+# produce (GPT-2, BERT, Llama, ViT, ResNet, UNet-style CNNs) plus what the
+# ONNX importer lowers to.
+_ELEMENTWISE = """
+abs acos acosh asin asinh atan atanh bitwise_not ceil clamp clamp_min clamp_max clone cos cosh
+elu erf erfinv exp exp2 expm1 floor gelu hardsigmoid hardswish hardtanh isinf isnan leaky_relu
+lift_fresh_copy log log10 log1p log2 logical_not mish neg reciprocal relu round rsqrt selu
+sigmoid sign silu sin sinh softplus sqrt tan tanh trunc _to_copy to celu nan_to_num
+bitwise_left_shift bitwise_right_shift frac logit square threshold
+""".split()
+_BROADCAST = """
+add sub rsub mul div pow maximum minimum fmax fmin where eq ne lt le gt ge logical_and logical_or
+logical_xor bitwise_and bitwise_or bitwise_xor masked_fill remainder fmod atan2 floor_divide
+copysign hypot prelu xlogy lerp addcmul addcdiv
+""".split()
+_INJECTIVE = """
+cat stack constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d
+replication_pad2d replication_pad3d index_select gather embedding index repeat flip roll tril triu
+split split_with_sizes unbind upsample_nearest2d upsample_nearest1d upsample_nearest3d
+upsample_bilinear2d upsample_linear1d upsample_trilinear3d upsample_bicubic2d _upsample_nearest_exact2d
+pixel_shuffle pixel_unshuffle full_like zeros_like ones_like empty_like fill scalar_tensor full
+zeros ones arange scatter scatter_add scatter_reduce index_put slice_scatter select_scatter
+masked_scatter tile repeat_interleave grid_sampler_2d col2im im2col _unsafe_index
+empty empty_strided new_empty new_full new_zeros new_ones iota narrow_copy
+""".split()
+_VIEWS = """
+view _unsafe_view reshape permute transpose t expand slice select squeeze unsqueeze alias
+as_strided detach narrow unfold diagonal view_as movedim split_copy unsqueeze_copy
+""".split()
+_REDUCTION = """
+sum mean amax amin max min argmax argmin prod var var_mean std any all logsumexp
+_softmax _log_softmax softmax log_softmax native_layer_norm native_group_norm
+_native_batch_norm_legit_no_training _native_batch_norm_legit native_batch_norm
+layer_norm group_norm batch_norm norm linalg_vector_norm cumsum cumprod topk sort
+_safe_softmax cummax cummin rms_norm _fused_rms_norm
+""".split()
+_OPAQUE = """
+mm bmm addmm baddbmm matmul linear convolution conv2d conv1d _convolution
+scaled_dot_product_attention _scaled_dot_product_flash_attention_for_cpu
+_scaled_dot_product_attention_math _scaled_dot_product_efficient_attention
+max_pool2d_with_indices max_pool1d_with_indices max_pool3d_with_indices max_pool2d
+avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
+_adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool2d adaptive_max_pool1d
+einsum dot vdot mv outer _weight_norm_interface lstm gru
+""".split()
+# aten ops memplan refuses, with the reason users see.
+_REFUSED = {
+    "nonzero": "its output shape depends on the data",
+    "unique": "its output shape depends on the data",
+    "_unique2": "its output shape depends on the data",
+    "masked_select": "its output shape depends on the data",
+    "item": "it returns a Python scalar",
+    "_local_scalar_dense": "it reads a tensor value into Python (data-dependent control flow)",
+    "rand": "it is random (plans must be deterministic)",
+    "randn": "it is random (plans must be deterministic)",
+    "bernoulli": "it is random (plans must be deterministic)",
+    "native_dropout": "it is random; export the model in eval mode",
+    "copy_": "it mutates an input in place",
+}
+
+ATEN_KINDS: dict[str, OpKind] = {}
+for _names, _kind in ((_ELEMENTWISE, OpKind.ELEMENTWISE), (_BROADCAST, OpKind.BROADCAST),
+                      (_INJECTIVE, OpKind.INJECTIVE), (_VIEWS, OpKind.INJECTIVE),
+                      (_REDUCTION, OpKind.REDUCTION), (_OPAQUE, OpKind.OPAQUE)):
+    for _n in _names:
+        ATEN_KINDS[_n] = _kind
+ATEN_VIEWS = frozenset(_VIEWS) - {"reshape"}  # reshape may copy
+
+
+# ---------------------------------------------------------------- flop rules
+def _mm_flops(node: Node) -> int:
+    out = node.outputs[0].type
+    a = node.inputs[-2].type if node.op.startswith(("aten.addmm", "aten.baddbmm")) else node.inputs[0].type
+    k = a.shape[-1]
+    n = _numel(node.outputs[0])
+    return 2 * n * k if isinstance(k, int) else 0
+
+
+def _conv_flops(node: Node) -> int:
+    weight = node.inputs[1].type
+    per_out = math.prod(d for d in weight.shape[1:] if isinstance(d, int))
+    return 2 * _numel(node.outputs[0]) * per_out
+
+
+def _sdpa_flops(node: Node) -> int:
+    q, k = node.inputs[0].type, node.inputs[1].type
+    if not (q.is_static and k.is_static):
+        return 0
+    batch = math.prod(q.shape[:-2])
+    return 4 * batch * q.shape[-2] * k.shape[-2] * q.shape[-1]
+
+
+_FLOPS = {
+    "mm": _mm_flops, "bmm": _mm_flops, "addmm": _mm_flops, "baddbmm": _mm_flops, "matmul": _mm_flops,
+    "convolution": _conv_flops, "_convolution": _conv_flops, "conv2d": _conv_flops, "conv1d": _conv_flops,
+    "scaled_dot_product_attention": _sdpa_flops,
+    "_scaled_dot_product_flash_attention_for_cpu": _sdpa_flops,
+}
+
+
+# ---------------------------------------------------------------- registry
+_CUSTOM: dict[str, OpDef] = {}
+_CACHE: dict[str, OpDef] = {}
+
+
+def register_op(name: str, kind: OpKind, impl: Callable, *, view: bool = False,
+                flops: Callable | None = None, infer: Callable | None = None) -> OpDef:
+    """Register a ``memplan.*`` op with a torch reference implementation."""
+    if not name.startswith("memplan."):
+        raise ValueError(f"custom ops live in the memplan namespace, got {name!r}")
+    opdef = OpDef(name, kind, impl, view, flops, infer)
+    _CUSTOM[name] = opdef
+    return opdef
+
+
+def resolve_aten(name: str):
+    """The ``torch.ops`` overload object for ``aten.<packet>.<overload>``."""
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "aten":
+        raise KeyError(name)
+    packet = getattr(torch.ops.aten, parts[1])
+    return getattr(packet, parts[2])
+
+
+def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
+    """The :class:`OpDef` of ``name``; raises :class:`UnsupportedOpError` naming the op and node."""
+    if name in _CACHE:
+        return _CACHE[name]
+    if name in _CUSTOM:
+        return _CUSTOM[name]
+    where = f" (node {node}{', ' + source if source else ''})" if node else ""
+    parts = name.split(".")
+    packet = parts[1] if len(parts) >= 2 and parts[0] == "aten" else None
+    if packet is None:
+        raise UnsupportedOpError(f"unknown op {name!r}{where}; memplan supports aten.* ops and "
+                                 f"{', '.join(sorted(_CUSTOM)) or 'no custom ops'}", op=name, node=node)
+    if packet in _REFUSED:
+        raise UnsupportedOpError(f"op {name}{where} is not supported: {_REFUSED[packet]}", op=name, node=node)
+    if packet not in ATEN_KINDS:
+        raise UnsupportedOpError(
+            f"op {name}{where} is not supported by memplan yet; supported aten ops: "
+            f"{len(ATEN_KINDS)} packets (see memplan.ir.ops.supported_ops())", op=name, node=node)
+    try:
+        impl = resolve_aten(name)
+    except (AttributeError, KeyError, RuntimeError):
+        raise UnsupportedOpError(f"op {name}{where} does not exist in this torch build", op=name, node=node)
+    opdef = OpDef(name, ATEN_KINDS[packet], impl, view=packet in ATEN_VIEWS, flops=_FLOPS.get(packet))
+    _CACHE[name] = opdef
+    return opdef
+
+
+def is_supported(name: str) -> bool:
+    try:
+        lookup(name)
+        return True
+    except UnsupportedOpError:
+        return False
+
+
+def supported_ops() -> list[str]:
+    """Names of every supported aten packet and custom op."""
+    return sorted([f"aten.{p}" for p in ATEN_KINDS] + list(_CUSTOM))
+
+
+# ---------------------------------------------------------------- inference
+def to_meta(value: Value, bindings: dict[str, int] | None = None) -> torch.Tensor:
+    t = value.type.concrete(bindings)
+    if not t.is_static:
+        raise UnsupportedOpError(f"value %{value.name} has symbolic shape {value.type}; "
+                                 "bind its dims to run shape inference")
+    return torch.empty(t.shape, dtype=t.torch_dtype, device="meta")
+
+
+def infer_types(node: Node) -> list[TensorType]:
+    """Output types of ``node``, inferred from its input types (meta-tensor execution)."""
+    opdef = lookup(node.op, node=node.name, source=node.source)
+    if opdef.infer is not None:
+        return opdef.infer(node)
+    args = map_values(node.args, to_meta)
+    kwargs = map_values(node.kwargs, to_meta)
+    if "device" in kwargs:
+        kwargs["device"] = torch.device("meta")
+    with torch.device("meta"):
+        result = opdef.impl(*args, **kwargs)
+    return [TensorType.of(t) for t in flatten_outputs(result)]
+
+
+def flatten_outputs(result) -> list[torch.Tensor]:
+    """Tensors of an op's result (a tensor, or a tuple/list of them), in order."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, (tuple, list)):
+        out = []
+        for r in result:
+            out.extend(flatten_outputs(r))
+        return out
+    raise TypeError(f"op returned {type(result).__name__}, not tensors")

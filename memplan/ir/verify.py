@@ -1,0 +1,62 @@
+"""The IR verifier: types, SSA, acyclicity, op support and shapes."""
+from __future__ import annotations
+
+from memplan.errors import IRVerificationError, UnsupportedOpError
+from memplan.ir.graph import Graph, Value
+from memplan.ir.ops import infer_types, lookup
+
+
+def verify(graph: Graph, *, check_shapes: bool = True) -> None:
+    """Raise :class:`IRVerificationError` naming the first node that breaks an invariant.
+
+    Checks: every value is defined once (SSA) before it is used (so the node
+    list is a topological order and the graph is acyclic), every op is in the
+    registry, every output's type matches shape/dtype inference (for
+    static shapes), and outputs are defined values. Sub-graphs are verified
+    recursively.
+    """
+    defined: dict[str, Value] = {}
+
+    def define(v: Value, where: str):
+        if not isinstance(v, Value):
+            raise IRVerificationError(f"{where}: {v!r} is not a Value")
+        if v.name in defined:
+            raise IRVerificationError(f"graph {graph.name}: value %{v.name} is defined twice ({where})")
+        defined[v.name] = v
+
+    for v in graph.inputs:
+        define(v, "graph input")
+    for v in graph.params:
+        define(v, "param")
+    for node in graph.nodes:
+        where = f"graph {graph.name}, node {node.name} ({node.op})"
+        for v in node.inputs:
+            if defined.get(v.name) is not v:
+                raise IRVerificationError(
+                    f"{where}: reads %{v.name} before it is defined (not SSA, or a cycle)")
+        try:
+            lookup(node.op, node=node.name, source=node.source)
+        except UnsupportedOpError as exc:
+            raise IRVerificationError(f"{where}: {exc}") from None
+        for v in node.outputs:
+            if v.producer is not node:
+                raise IRVerificationError(f"{where}: output %{v.name} does not name this node as producer")
+            define(v, where)
+        if node.subgraph is not None:
+            if len(node.subgraph.inputs) != len(node.inputs):
+                raise IRVerificationError(
+                    f"{where}: sub-graph takes {len(node.subgraph.inputs)} inputs, node passes {len(node.inputs)}")
+            verify(node.subgraph, check_shapes=check_shapes)
+        elif check_shapes and all(v.type.is_static for v in node.inputs):
+            try:
+                expected = infer_types(node)
+            except Exception as exc:  # the op rejected its inputs: that is the finding
+                raise IRVerificationError(f"{where}: shape inference failed: {str(exc).splitlines()[0]}") from None
+            got = [v.type for v in node.outputs]
+            if expected != got:
+                raise IRVerificationError(
+                    f"{where}: outputs typed {', '.join(map(str, got))} but the op gives "
+                    f"{', '.join(map(str, expected))}")
+    for v in graph.outputs:
+        if defined.get(v.name) is not v:
+            raise IRVerificationError(f"graph {graph.name}: output %{v.name} is not defined")
