@@ -56,6 +56,7 @@ class MainOutput(nn.Module):
         self.call_kwargs = call_kwargs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Call the wrapped model on ``x`` and return its main output tensor."""
         out = self.model(**{self.input_name: x}, return_dict=True, **self.call_kwargs)
         return getattr(out, self.output_name)
 
@@ -220,6 +221,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(base, n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(N, in_ch, H, W)`` images to ``(N, n_classes, H, W)`` logits."""
         x = self.stem(x)
         skips = []
         for down in self.down:

@@ -274,3 +274,7 @@ def flatten_outputs(result) -> list[torch.Tensor]:
             out.extend(flatten_outputs(r))
         return out
     raise TypeError(f"op returned {type(result).__name__}, not tensors")
+
+
+# memplan.* ops with their reference implementations register themselves on import.
+from memplan.ir import custom_ops  # noqa: E402,F401
