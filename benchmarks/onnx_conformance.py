@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -78,7 +79,14 @@ class OrtRep(BackendRep):
             if not isinstance(inputs, (list, tuple)):
                 inputs = [inputs]
             feeds = dict(zip(self.input_names, inputs))
-        return list(self.session.run(None, feeds))
+        try:
+            return list(self.session.run(None, feeds))
+        except RuntimeError as exc:
+            # onnxruntime's Python API cannot take bfloat16/float8/int4 numpy
+            # arrays (ml_dtypes) as inputs: a limit of the binding, not a bug.
+            if "can't be converted to MLDataType" in str(exc):
+                raise OrtUnsupported(str(exc)) from exc
+            raise
 
 
 class OrtBackend(Backend):
@@ -87,11 +95,15 @@ class OrtBackend(Backend):
     ``claimed(model)`` is a static check against onnxruntime's CPU kernel
     registry: every node (subgraphs included) must have a kernel whose
     version range covers the op's schema version at the model's opset, or be
-    an ONNX function op (onnxruntime expands those).  It is op-level only, so
-    session creation can still decline a model: ``NOT_IMPLEMENTED`` (no
-    kernel for these element types) and ``INVALID_GRAPH`` errors that say the
-    op version or opset is unknown to onnxruntime raise :class:`OrtUnsupported`.
-    Any other session or run error is a genuine error of the case.
+    an ONNX function op (onnxruntime expands those); ``Constant`` needs no
+    kernel.  It is op-level only, so onnxruntime can still decline a model
+    later, which raises :class:`OrtUnsupported`: session creation failing with
+    ``NOT_IMPLEMENTED`` (no kernel for these element types), ``INVALID_GRAPH``
+    (ORT's older schema rejects a model that passes ``onnx.checker``), or
+    ``FAIL`` matching one of :attr:`_DECLINE_PATTERNS` (IR version 14, unreleased
+    opset 27/28, unknown function op, "not supported" in a kernel
+    constructor); and ``run`` refusing a numpy dtype it cannot bind
+    (bfloat16, float8, int4 inputs).  Any other error counts against it.
     """
 
     Unsupported = OrtUnsupported
@@ -100,8 +112,17 @@ class OrtBackend(Backend):
     # Ops onnxruntime handles without a kernel (turned into initializers at load time).
     _NO_KERNEL_NEEDED = frozenset({("", "Constant")})
 
-    # Substrings of INVALID_GRAPH messages meaning "onnxruntime does not know this".
-    _UNKNOWN_OP_MARKERS = ("No Op registered", "No opset import for domain", "is not supported")
+    # Substrings of session-creation FAIL messages in which onnxruntime says it
+    # does not support the model (rather than failing on something it supports).
+    _DECLINE_PATTERNS = tuple(
+        re.compile(p)
+        for p in (
+            r"Unsupported model IR version: \d+, max supported IR version: \d+",  # IR 14 (opset 28)
+            r"Opset \d+ is under development",  # opset 27+: ORT refuses unreleased opsets
+            r"\S+ is not a registered function/op",  # e.g. ai.onnx.preview FlexAttention
+            r"[^.:]* are not supported",  # kernel constructors, e.g. batchwise RNN (layout=1)
+        )
+    )
 
     @classmethod
     def _kernel_ranges(cls) -> dict[tuple[str, str], list[tuple[int, int]]]:
@@ -117,15 +138,19 @@ class OrtBackend(Backend):
         return cls._kernels
 
     @classmethod
-    def claimed(cls, model: onnx.ModelProto) -> bool:
+    def unclaimed_ops(cls, model: onnx.ModelProto) -> list[str]:
+        """``"[domain:]Op-<schema version>"`` of the ops without a CPU kernel or function body."""
         opsets = {("" if i.domain in ("", "ai.onnx") else i.domain): i.version for i in model.opset_import}
         kernels = cls._kernel_ranges()
-        for domain, op_type in onnx_suite.model_op_types(model):
+        missing = []
+        for domain, op_type in sorted(onnx_suite.model_op_types(model)):
             if (domain, op_type) in cls._NO_KERNEL_NEEDED:
                 continue
+            name = f"{domain}:{op_type}" if domain else op_type
             opset = opsets.get(domain)
             if opset is None:
-                return False
+                missing.append(f"{name} (domain not imported)")
+                continue
             try:
                 schema = onnx.defs.get_schema(op_type, opset, domain)
             except onnx.defs.SchemaError:
@@ -134,26 +159,37 @@ class OrtBackend(Backend):
             if any(lo <= since <= hi for lo, hi in kernels.get((domain, op_type), ())):
                 continue
             if schema is not None and (schema.has_function or schema.has_context_dependent_function):
-                continue
-            return False
-        return True
+                continue  # onnxruntime expands function ops it has no kernel for
+            missing.append(f"{name}-{since}")
+        return missing
+
+    @classmethod
+    def claimed(cls, model: onnx.ModelProto) -> bool:
+        """True when every op has a CPU kernel (or function body) at the model's opset."""
+        return not cls.unclaimed_ops(model)
 
     @classmethod
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> OrtRep:
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as C
 
+        ort.set_default_logger_severity(4)  # errors come back as exceptions anyway
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         try:
             session = ort.InferenceSession(
                 model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
             )
-        except C.NotImplemented as exc:
+        except (C.NotImplemented, C.InvalidGraph) as exc:
+            # NOT_IMPLEMENTED: no kernel for these types/version.  INVALID_GRAPH:
+            # ORT's (older) schemas reject a model that onnx.checker accepts, e.g.
+            # a new attribute of Attention-24: ORT does not know that op version.
             raise OrtUnsupported(str(exc)) from exc
-        except C.InvalidGraph as exc:
-            if any(m in str(exc) for m in cls._UNKNOWN_OP_MARKERS):
-                raise OrtUnsupported(str(exc)) from exc
+        except C.Fail as exc:
+            for pattern in cls._DECLINE_PATTERNS:
+                match = pattern.search(str(exc))
+                if match:
+                    raise OrtUnsupported(match.group(0).strip()) from exc
             raise
         session.disable_fallback()
         return OrtRep(session)
@@ -182,7 +218,10 @@ def resolve_backend(spec: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SystemExit(f"cannot import backend module {module_name!r} ({exc}); is it written yet?") from exc
+        missing = getattr(exc, "name", None)
+        if missing and module_name.startswith(missing):  # the module itself (or a parent) is absent
+            raise SystemExit(f"backend module {module_name!r} does not exist yet ({exc})") from None
+        raise  # the module exists but fails to import: show the real traceback
     try:
         return getattr(module, class_name)
     except AttributeError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import re
+import warnings
 
 import sympy
 import torch
@@ -144,7 +145,14 @@ def from_exported(program: ExportedProgram, name: str = "main") -> Graph:
     return graph
 
 
+# Runtime checks export inserts; they compute nothing, so they are dropped.
+_ASSERTIONS = ("aten._assert_tensor_metadata", "aten._assert_async", "aten._assert_scalar",
+               "aten.sym_constrain_range", "aten.sym_constrain_range_for_size", "aten._functional_assert")
+
+
 def _lower_call(graph: Graph, node: torch.fx.Node, env):
+    if str(node.target).startswith(_ASSERTIONS):
+        return None
     if node.target is operator.getitem:
         source, index = node.args
         return env[source.name][index]
@@ -189,7 +197,9 @@ def from_torch(model, example_inputs=None, *, dynamic_shapes=None, name: str | N
     >>> [n.op for n in g.nodes]
     ['aten.permute.default', 'aten.addmm.default']
     """
-    program = export_model(model, example_inputs, dynamic_shapes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        program = export_model(model, example_inputs, dynamic_shapes)
     label = name or (type(model).__name__ if not isinstance(model, ExportedProgram) else "main")
     return from_exported(program, _identifier(label))
 

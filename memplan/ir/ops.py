@@ -177,6 +177,16 @@ _FLOPS = {
 }
 
 
+# ---------------------------------------------------------------- inference overrides
+# Ops whose meta kernel disagrees with the CPU kernel that really runs.
+def _bn_no_training_types(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    return [x, TensorType(x.dtype, (0,)), TensorType(x.dtype, (0,))]
+
+
+_INFER = {"_native_batch_norm_legit_no_training": _bn_no_training_types}
+
+
 # ---------------------------------------------------------------- registry
 _CUSTOM: dict[str, OpDef] = {}
 _CACHE: dict[str, OpDef] = {}
@@ -223,7 +233,8 @@ def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
         impl = resolve_aten(name)
     except (AttributeError, KeyError, RuntimeError):
         raise UnsupportedOpError(f"op {name}{where} does not exist in this torch build", op=name, node=node)
-    opdef = OpDef(name, ATEN_KINDS[packet], impl, view=packet in ATEN_VIEWS, flops=_FLOPS.get(packet))
+    opdef = OpDef(name, ATEN_KINDS[packet], impl, view=packet in ATEN_VIEWS, flops=_FLOPS.get(packet),
+                  infer=_INFER.get(packet))
     _CACHE[name] = opdef
     return opdef
 

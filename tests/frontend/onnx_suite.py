@@ -36,6 +36,8 @@ Support claims.  A backend may expose
 * a classmethod ``claimed(model) -> bool``: True when the backend claims every
   op of the model.  Unclaimed cases are not run and count as ``unsupported``.
   Without it, every case is claimed.
+* optionally, a classmethod ``unclaimed_ops(model) -> Iterable[str]`` naming
+  the ops it does not claim; only used to word the ``unsupported`` message.
 * a class attribute ``Unsupported``: an exception class (or tuple of them)
   that ``prepare``/``run`` raise to say "I do not support this model" after
   all.  ``unittest.SkipTest`` (which onnx's own
@@ -354,15 +356,32 @@ def _assert_tensor_close(ref: np.ndarray, out: Any, rtol: float, atol: float, la
         raise AssertionError(f"{label}: expected an array, got {type(out).__name__}")
     if tuple(out.shape) != tuple(ref.shape):
         raise AssertionError(f"{label}: incorrect shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
-    if ref.dtype == object:  # strings
-        np.testing.assert_array_equal(out, ref, err_msg=label)
-        return
-    if out.dtype != ref.dtype:
-        raise AssertionError(f"{label}: incorrect dtype {out.dtype}, expected {ref.dtype}")
-    if out.dtype.name == "bfloat16":
-        rtol = max(rtol, 2**-6)  # two bfloat16 ULPs, as the runner does
-        out, ref = out.astype(np.float32), ref.astype(np.float32)
-    np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol, err_msg=label)
+    try:
+        if ref.dtype == object:  # strings
+            np.testing.assert_array_equal(out, ref, err_msg=label)
+            return
+        if out.dtype != ref.dtype:
+            raise AssertionError(f"{label}: incorrect dtype {out.dtype}, expected {ref.dtype}")
+        if out.dtype.name == "bfloat16":
+            rtol = max(rtol, 2**-6)  # two bfloat16 ULPs, as the runner does
+            out, ref = out.astype(np.float32), ref.astype(np.float32)
+        np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol, err_msg=label)
+    except AssertionError as exc:
+        if str(exc).startswith(label):
+            raise
+        raise AssertionError(_mismatch_summary(label, str(exc)) + "\n" + str(exc).strip()) from None
+
+
+def _mismatch_summary(label: str, numpy_message: str) -> str:
+    """One line out of numpy's assert_allclose message (for failure tables)."""
+    parts = []
+    for line in numpy_message.splitlines():
+        line = line.strip()
+        if line.startswith(("Mismatched elements:", "Max absolute difference", "Max relative difference")):
+            parts.append(line.replace(" among violations", ""))
+        elif "mismatch" in line and line.endswith("mismatch:"):  # "nan/inf location mismatch:"
+            parts.append(line.rstrip(":"))
+    return f"{label}: values differ" + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def _describe(value: Any) -> str:
@@ -442,7 +461,7 @@ def run_case(backend_cls: Any, case: SuiteCase, device: str = "CPU") -> Result:
     unsupported = unsupported_exceptions(backend_cls)
     try:
         if not is_claimed(backend_cls, model):
-            return done("unsupported", "not claimed by backend")
+            return done("unsupported", _unclaimed_message(backend_cls, model))
         rep = backend_cls.prepare(model, device)
         for k, (inputs, expected) in enumerate(data_sets):
             outputs = rep.run(inputs)
@@ -457,6 +476,17 @@ def run_case(backend_cls: Any, case: SuiteCase, device: str = "CPU") -> Result:
     except Exception as exc:  # noqa: BLE001
         return done("error", _exc_text(exc) + "\n" + _short_traceback(exc))
     return done("pass")
+
+
+def _unclaimed_message(backend_cls: Any, model: onnx.ModelProto) -> str:
+    explain = getattr(backend_cls, "unclaimed_ops", None)
+    if explain is None:
+        return "not claimed by backend"
+    try:
+        ops = sorted(explain(model))
+    except Exception:  # noqa: BLE001 - the explanation is best effort
+        return "not claimed by backend"
+    return "not claimed by backend: " + ", ".join(ops) if ops else "not claimed by backend"
 
 
 def _exc_text(exc: BaseException) -> str:
