@@ -41,4 +41,4 @@ graph fan(%x: f32[100]) {
 }""")
     good = liveness(g).peak_bytes
     bad = liveness(g, ["big1", "big2", "s1", "s2", "y"]).peak_bytes
-    assert good == 4004 and bad == 8004
+    assert good == 4008 and bad == 8004
