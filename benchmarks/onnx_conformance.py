@@ -16,10 +16,17 @@ Usage::
 ``memplan`` (``memplan.frontend.onnx_backend:MemplanBackend``) or
 ``module:Class`` for any ``onnx.backend.base.Backend`` subclass.
 
+Options: ``--kinds node,real,...`` (default all five), ``--include REGEX``
+(``re.search`` on case names), ``--failures N`` (claimed failures to list),
+``--markdown FILE`` (write the report), ``--json FILE`` (per-case statuses,
+handy for diffing two backends), ``-v`` (one line per case).
+
 Backend protocol (all optional beyond ``prepare``/``run``): a classmethod
 ``claimed(model) -> bool`` (False: the case is counted as unsupported and not
-run) and a class attribute ``Unsupported`` (exception class that ``prepare``
-or ``run`` raise to decline a model).  ``unittest.SkipTest`` also declines.
+run), a classmethod ``unclaimed_ops(model)`` (names for the message), and a
+class attribute ``Unsupported`` (exception class that ``prepare`` or ``run``
+raise to decline a model).  ``unittest.SkipTest`` also declines.  See
+``tests/frontend/onnx_suite.py``.
 """
 
 from __future__ import annotations
@@ -85,7 +92,15 @@ class OrtRep(BackendRep):
             # onnxruntime's Python API cannot take bfloat16/float8/int4 numpy
             # arrays (ml_dtypes) as inputs: a limit of the binding, not a bug.
             if "can't be converted to MLDataType" in str(exc):
-                raise OrtUnsupported(str(exc)) from exc
+                exotic = sorted(
+                    {
+                        x.dtype.name
+                        for x in feeds.values()
+                        if isinstance(x, np.ndarray) and x.dtype.type.__module__.startswith("ml_dtypes")
+                    }
+                )
+                what = ", ".join(exotic) or str(exc)
+                raise OrtUnsupported(f"onnxruntime Python API cannot feed {what}") from exc
             raise
 
 
@@ -184,7 +199,10 @@ class OrtBackend(Backend):
             # NOT_IMPLEMENTED: no kernel for these types/version.  INVALID_GRAPH:
             # ORT's (older) schemas reject a model that onnx.checker accepts, e.g.
             # a new attribute of Attention-24: ORT does not know that op version.
-            raise OrtUnsupported(str(exc)) from exc
+            text = str(exc)
+            match = re.search(r"Could not find an implementation for \S+|Failed to find kernel for \S+", text)
+            short = match.group(0) if match else text.split(" : ", 3)[-1].strip()
+            raise OrtUnsupported(short) from exc
         except C.Fail as exc:
             for pattern in cls._DECLINE_PATTERNS:
                 match = pattern.search(str(exc))
@@ -244,11 +262,15 @@ def build_report(
     seconds: float,
     n_failures: int,
 ) -> str:
-    """Markdown-ish text (valid Markdown, readable in a terminal)."""
+    """The report as Markdown (also readable in a terminal).
+
+    One row per kind plus ``all``; then the first ``n_failures`` claimed
+    failures (fail or error) with their message's first line, and the most
+    common reasons for ``unsupported``.
+    """
     lines = [f"## ONNX backend test suite: {backend_name}", ""]
     lines.append("| kind | total | claimed | passed | failed (claimed) | pass/total | pass/claimed | seconds |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    grand: list[tuple[Any, Any]] = []
     for kind in kinds + ["all"]:
         rows = results if kind == "all" else [r for r in results if r[0].kind == kind]
         if kind != "all" and not rows:
@@ -259,9 +281,8 @@ def build_report(
             f"| {kind} | {c['total']} | {c['claimed']} | {c['pass']} | {c['failed_claimed']} "
             f"| {_pct(c['pass'], c['total'])} | {_pct(c['pass'], c['claimed'])} | {secs:.1f} |"
         )
-        grand = rows
     lines.append("")
-    c = onnx_suite.summarize(grand)
+    c = onnx_suite.summarize(results)
     lines.append(
         f"{c['pass']} passed / {c['claimed']} claimed / {c['total']} total "
         f"({c['fail']} fail, {c['error']} error, {c['unsupported']} unsupported); wall {seconds:.1f} s"
@@ -269,7 +290,8 @@ def build_report(
 
     failures = [(case, res) for case, res in results if res.status in ("fail", "error")]
     if failures and n_failures:
-        lines += ["", f"### Failures among claimed cases (first {min(n_failures, len(failures))} of {len(failures)})", ""]
+        shown = min(n_failures, len(failures))
+        lines += ["", f"### Failures among claimed cases (first {shown} of {len(failures)})", ""]
         for case, res in failures[:n_failures]:
             lines.append(f"- `{case.kind}/{case.name}` **{res.status}**: {res.first_line[:200]}")
 
