@@ -53,6 +53,11 @@ class _Names:
         return self.map[v.name]
 
 
+def _short_op(name: str) -> str:
+    """``aten.addmm.default -> aten.addmm``; other names unchanged."""
+    return name[: -len(".default")] if name.endswith(".default") else name
+
+
 def emit_python(graph: Graph, plan: Plan) -> str:
     """Python source of ``run(weights, *inputs)`` executing ``plan`` on ``graph``."""
     names = _Names()
@@ -91,10 +96,8 @@ def emit_python(graph: Graph, plan: Plan) -> str:
         call = format_call(node, names)
         if node.op.startswith("memplan."):
             call = "memplan_ops." + call[len("memplan."):]
-        where = node.source or "top level"
-        src_op = node.source_op if node.source_op and node.source_op != node.op else ""
-        body.append(f"# step {step}: {node.name} @ {where}{' (from ' + src_op + ')' if src_op else ''}")
-        body.append(f"{target} = {call}")
+        origin = ", ".join(x for x in (_short_op(node.source_op or node.op), node.source) if x)
+        body.append(f"{target} = {call}  # {step}: from {origin}")
         dead = sorted(freed_at.get(step, []))
         dead = [names(value_by_name[d]) for d in dead if value_by_name[d].kind != "param"]
         if dead:

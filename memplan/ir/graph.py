@@ -120,7 +120,7 @@ class Graph:
     # ---- construction -------------------------------------------------
     def fresh_name(self, hint: str) -> str:
         """A value/node name not used yet in this graph, derived from ``hint``."""
-        base = "".join(c if (c.isalnum() or c == "_") else "_" for c in hint) or "v"
+        base = "".join(c if (c.isalnum() or c in "_.") else "_" for c in hint).strip(".") or "v"
         if base[0].isdigit():
             base = "v" + base
         name, i = base, 1
@@ -150,7 +150,7 @@ class Graph:
         node_name = self.fresh_name(name or short)
         outputs = []
         for i, t in enumerate(out_types):
-            hint = out_names[i] if out_names else (node_name if i == 0 else f"{node_name}_{i}")
+            hint = out_names[i] if out_names else (node_name if i == 0 else f"{node_name}_o{i}")
             vname = node_name if (i == 0 and not out_names) else self.fresh_name(hint)
             outputs.append(Value(vname, t, NODE))
         node = Node(node_name, op, tuple(args), dict(kwargs), tuple(outputs), source, source_op, subgraph)

@@ -247,6 +247,14 @@ def is_supported(name: str) -> bool:
         return False
 
 
+def is_view(name: str) -> bool:
+    """True when op ``name`` returns an alias of its first input (False for unknown ops)."""
+    try:
+        return lookup(name).view
+    except UnsupportedOpError:
+        return False
+
+
 def supported_ops() -> list[str]:
     """Names of every supported aten packet and custom op."""
     return sorted([f"aten.{p}" for p in ATEN_KINDS] + list(_CUSTOM))

@@ -93,11 +93,18 @@ def print_graph(graph: Graph, indent: str = "") -> str:
     return "\n".join(lines)
 
 
+def _is_view(node: Node) -> bool:
+    from memplan.ir.ops import is_view
+    return bool(node.inputs) and is_view(node.op)
+
+
 def print_node(node: Node, indent: str = "") -> list[str]:
     outs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
     loc = f" loc({node.source!r}, {node.source_op!r})" if (node.source or node.source_op) else ""
     label = f" [{node.name}]" if node.outputs and node.outputs[0].name != node.name else ""
     size = " + ".join(_bytes(v) for v in node.outputs)
+    if _is_view(node):
+        size = f"view of %{node.inputs[0].name}"
     line = f"{indent}{outs} = {format_call(node)}{label}{loc}"
     if node.subgraph is not None:
         body = print_graph(node.subgraph, indent).split("\n")

@@ -1,16 +1,43 @@
-"""Pass ``canonicalize``: dead-code elimination.
+"""Pass ``canonicalize``: identity copies and dead code go.
 
-Removes nodes none of whose outputs reach a graph output (all registered
-ops are pure) and params no node reads, so no buffer is planned for work
-whose result nobody uses.
+- A copy that changes nothing (``aten.clone`` keeping the memory format,
+  ``aten.alias``, ``aten.detach``, ``aten.lift_fresh_copy``; what eval-mode
+  dropout exports as) is replaced by its input: every registered op is pure,
+  so nothing can observe the missing copy, and its buffer is never planned.
+  A copy that is a graph output stays, so outputs never alias inputs.
+- Nodes none of whose outputs reach a graph output, and params no node
+  reads, are removed.
 """
-from memplan.ir.graph import Graph
+from memplan.ir.graph import Graph, Value, map_values
 from memplan.passes.manager import register_pass
+
+_IDENTITY_COPIES = {"aten.clone.default", "aten.alias.default", "aten.detach.default",
+                    "aten.lift_fresh_copy.default"}
+
+
+def _is_identity_copy(node) -> bool:
+    if node.op not in _IDENTITY_COPIES or len(node.outputs) != 1:
+        return False
+    fmt = node.kwargs.get("memory_format")
+    return fmt is None or str(fmt) == "torch.preserve_format"
 
 
 @register_pass("canonicalize", kind="graph")
 def canonicalize(graph: Graph, ctx) -> Graph:
-    """Drop nodes whose outputs are never used and params never read."""
+    """Forward identity copies to their input; drop dead nodes and unused params."""
+    outputs = {v.name for v in graph.outputs}
+    replace: dict[str, Value] = {}
+    kept_nodes = []
+    for node in graph.nodes:
+        node.args = map_values(node.args, lambda v: replace.get(v.name, v))
+        node.kwargs = map_values(node.kwargs, lambda v: replace.get(v.name, v))
+        if _is_identity_copy(node) and node.outputs[0].name not in outputs:
+            replace[node.outputs[0].name] = node.inputs[0]
+            continue
+        kept_nodes.append(node)
+    graph.nodes = kept_nodes
+    if replace:
+        ctx.log.append(f"canonicalize: forwarded {len(replace)} identity copies (clone/alias/detach)")
     needed = {v.name for v in graph.outputs}
     kept = []
     for node in reversed(graph.nodes):

@@ -28,7 +28,7 @@ def test_source_is_traceable_and_frees_at_last_use():
     cm = memplan.compile(model, inputs)
     src = cm.source
     assert "scaled_dot_product_attention" in src
-    assert re.search(r"# step \d+: \w+ @ qkv", src), "each step names its module"
+    assert re.search(r"= aten.addmm.default\(.*\)  # \d+: from aten.addmm, qkv$", src, re.M), "each step names its op and module"
     # every non-output value defined is deleted exactly once
     defined = set(re.findall(r"^    (\w+)(?:, \w+)*,? = aten", src, re.M))
     deleted = [n for line in re.findall(r"^    del (.*)$", src, re.M) for n in line.split(", ")]

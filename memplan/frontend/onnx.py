@@ -1,0 +1,602 @@
+"""ONNX → memplan IR.
+
+The importer specialises a model to concrete input shapes and walks its
+nodes in order. Each ONNX node lowers, through the table in
+:mod:`memplan.frontend.onnx_ops`, to one or more IR nodes — aten ops where
+aten has the semantics, ``memplan.*`` ops otherwise — that carry the ONNX
+node name as ``source`` and ``onnx::<OpType>`` as ``source_op``.
+
+Constant folding happens as the graph is built: every aten call whose tensor
+arguments are all constants (initializers, ``Constant`` nodes, ``Shape`` of a
+value whose shape is known, results of earlier folds) runs at import time
+instead of becoming a node. Shape computations (``Shape → Gather → Concat →
+Reshape``) so disappear and their results become literal arguments, e.g.
+``aten.reshape.default(%x, [1, 768, 49])``. A constant that a real node reads
+becomes a param (its data in ``Graph.weights``).
+
+Types come from meta execution of each lowered node
+(:func:`memplan.ir.ops.infer_types`) and are checked against ONNX's own
+shape inference (``onnx.shape_inference.infer_shapes``) where it knows them.
+
+>>> import onnx, onnx.helper as oh
+>>> x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])
+>>> y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+>>> m = oh.make_model(oh.make_graph([oh.make_node("Relu", ["x"], ["y"], name="act")], "g", [x], [y]))
+>>> g = from_onnx(m, {"x": (2, 4)})
+>>> print(g.nodes[0].op, g.nodes[0].source, g.nodes[0].source_op, g.outputs[0].type)
+aten.relu.default act onnx::Relu f32[2, 4]
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from memplan.errors import InputMismatchError, MemplanError, ModelLoadError, UnsupportedOpError
+from memplan.ir.graph import Graph, Node, Value
+from memplan.ir.ops import flatten_outputs, infer_types, lookup
+from memplan.ir.types import TensorType, dtype_name
+
+MIN_OPSET = 13
+
+# ONNX TensorProto element type -> torch dtype (the types memplan can hold).
+ONNX_DTYPES: dict[int, torch.dtype] = {
+    1: torch.float32, 2: torch.uint8, 3: torch.int8, 4: torch.uint16, 5: torch.int16, 6: torch.int32,
+    7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64, 12: torch.uint32,
+    13: torch.uint64, 14: torch.complex64, 15: torch.complex128, 16: torch.bfloat16,
+}
+
+
+def onnx_type_name(elem_type: int) -> str:
+    """``1 -> 'FLOAT'``: the ONNX name of a TensorProto element type."""
+    import onnx
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"type {elem_type}"
+
+
+def torch_dtype_of(elem_type: int, what: str) -> torch.dtype:
+    """The torch dtype of an ONNX element type; :class:`UnsupportedOpError` naming ``what`` if none."""
+    if elem_type not in ONNX_DTYPES:
+        raise UnsupportedOpError(f"{what} has ONNX type {onnx_type_name(elem_type)}, which memplan does not "
+                                 f"support (supported: {', '.join(onnx_type_name(t) for t in ONNX_DTYPES)})")
+    return ONNX_DTYPES[elem_type]
+
+
+def onnx_elem_type(dtype: torch.dtype) -> int:
+    for k, v in ONNX_DTYPES.items():
+        if v == dtype:
+            return k
+    raise KeyError(dtype)
+
+
+def tensor_from_proto(proto, what: str = "tensor") -> torch.Tensor:
+    """A TensorProto's data as a torch tensor (bfloat16 included)."""
+    from onnx import numpy_helper
+    dtype = torch_dtype_of(proto.data_type, what)
+    try:
+        array = numpy_helper.to_array(proto)
+    except Exception as exc:  # external data missing, malformed raw data
+        raise ModelLoadError(f"cannot read {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    return array_to_tensor(array, dtype)
+
+
+def array_to_tensor(array, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A numpy array (ml_dtypes bfloat16 included) or tensor as a torch tensor that owns its data."""
+    if isinstance(array, torch.Tensor):
+        return array if dtype is None else array.to(dtype)
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":
+        t = torch.from_numpy(np.ascontiguousarray(array).view(np.uint16).copy()).view(torch.bfloat16)
+    elif array.dtype == object or array.dtype.kind in "SU":
+        raise UnsupportedOpError("string tensors are not supported by memplan")
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(array).copy())
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
+def tensor_to_array(t: torch.Tensor) -> np.ndarray:
+    """A torch tensor as a numpy array (bfloat16 as ml_dtypes.bfloat16)."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return t.numpy().copy()
+
+
+# ---------------------------------------------------------------- loading
+def load_model(model_or_path):
+    """An ``onnx.ModelProto`` from a ModelProto or a path; :class:`ModelLoadError` naming the file."""
+    import onnx
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path
+    path = Path(model_or_path)
+    if not path.exists():
+        raise ModelLoadError(f"ONNX model file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX model path {str(path)!r} is not a file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot read ONNX model {str(path)!r} (truncated or not an ONNX file): "
+                             f"{reason}") from None
+    if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
+        raise ModelLoadError(f"{str(path)!r} holds no ONNX graph (truncated or not an ONNX file)")
+    return model
+
+
+def default_opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def prepare_model(model):
+    """Inline model-local functions and upgrade opsets older than 13 when the converter can."""
+    import onnx
+    if len(model.functions):
+        try:
+            import onnx.inliner
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot inline the model's local functions: {str(exc).splitlines()[0]}") from None
+    if default_opset(model) < MIN_OPSET:
+        try:
+            import onnx.version_converter
+            converted = onnx.version_converter.convert_version(model, MIN_OPSET)
+            if len(converted.graph.node) or not len(model.graph.node):
+                model = converted
+        except Exception:  # keep the old opset; lowerings read legacy attribute forms
+            pass
+    return model
+
+
+# ---------------------------------------------------------------- shapes
+def input_shapes_from_spec(spec: str) -> dict[str, tuple[int, ...]]:
+    """Parse ``"x=1x3x224x224,mask=1x128"`` into ``{"x": (1, 3, 224, 224), "mask": (1, 128)}``.
+
+    A scalar input is written ``name=`` (empty shape). For the CLI's ``--input-shape``.
+
+    >>> input_shapes_from_spec("x=1x3x224x224, y=7")
+    {'x': (1, 3, 224, 224), 'y': (7,)}
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, dims = part.partition("=")
+        name, dims = name.strip(), dims.strip()
+        if not eq or not name:
+            raise InputMismatchError(f"input shape {part!r} is not NAME=D1xD2x... (e.g. x=1x3x224x224)")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        except ValueError:
+            raise InputMismatchError(f"input shape {part!r}: dims must be integers separated by 'x' "
+                                     "(e.g. x=1x3x224x224)") from None
+        if any(d < 0 for d in shape):
+            raise InputMismatchError(f"input shape {part!r}: dims must be non-negative")
+        shapes[name] = shape
+    return shapes
+
+
+def _declared_dims(value_info) -> list | None:
+    """Dims of a graph input: ints, dim_param strings, or None for unknown; None if no shape."""
+    tt = value_info.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def _example_for(example_inputs, index: int, name: str):
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, dict):
+        return example_inputs.get(name)
+    if index < len(example_inputs):
+        return example_inputs[index]
+    return None
+
+
+def _is_shape(obj) -> bool:
+    return isinstance(obj, (tuple, list, torch.Size)) and all(isinstance(d, (int, np.integer)) for d in obj)
+
+
+def resolve_input_type(value_info, example) -> tuple[TensorType, torch.Tensor | None]:
+    """The concrete IR type of a graph input (and the example tensor, if data was given)."""
+    name = value_info.name
+    if not value_info.type.HasField("tensor_type"):
+        kind = value_info.type.WhichOneof("value")
+        raise UnsupportedOpError(f"graph input {name!r} is a {kind}; memplan takes tensor inputs only")
+    tt = value_info.type.tensor_type
+    dtype = torch_dtype_of(tt.elem_type, f"graph input {name!r}")
+    declared = _declared_dims(value_info)
+    data = None
+    if example is None:
+        if declared is None:
+            raise InputMismatchError(f"graph input {name!r} declares no shape; pass example inputs "
+                                     f"(or --input-shape {name}=D1xD2x...)")
+        for i, d in enumerate(declared):
+            if not isinstance(d, int):
+                label = f"symbolic dim {d!r}" if isinstance(d, str) else "an unknown dim"
+                raise InputMismatchError(
+                    f"graph input {name!r} has {label} at axis {i} (declared shape "
+                    f"[{', '.join(str(x) if x is not None else '?' for x in declared)}]); memplan plans "
+                    f"concrete shapes: pass example inputs (or --input-shape {name}=D1xD2x...)")
+        return TensorType(dtype_name(dtype), tuple(declared)), None
+    if _is_shape(example):
+        shape = tuple(int(d) for d in example)
+    else:
+        if isinstance(example, np.ndarray) or isinstance(example, (np.generic, float, int, bool)):
+            try:
+                example = array_to_tensor(np.asarray(example))
+            except UnsupportedOpError as exc:
+                raise InputMismatchError(f"example input {name!r}: {exc}") from None
+        if not isinstance(example, torch.Tensor):
+            raise InputMismatchError(f"example input {name!r} is a {type(example).__name__}; give a tensor, "
+                                     "a numpy array or a shape tuple")
+        if example.dtype != dtype:
+            raise InputMismatchError(f"example input {name!r} has dtype {example.dtype}, the model declares "
+                                     f"{onnx_type_name(tt.elem_type)} ({dtype})")
+        shape = tuple(example.shape)
+        data = example
+    if declared is not None:
+        if len(declared) != len(shape):
+            raise InputMismatchError(f"example input {name!r} has shape {list(shape)} (rank {len(shape)}), the "
+                                     f"model declares rank {len(declared)}: "
+                                     f"[{', '.join(str(x) if x is not None else '?' for x in declared)}]")
+        for i, (d, s) in enumerate(zip(declared, shape)):
+            if isinstance(d, int) and d != s:
+                raise InputMismatchError(f"example input {name!r} has shape {list(shape)}, the model declares "
+                                         f"{declared} (axis {i}: {s} != {d})")
+    return TensorType(dtype_name(dtype), shape), data
+
+
+# ---------------------------------------------------------------- errors
+class NeedsConstantError(UnsupportedOpError):
+    """A lowering needs the value of an input that is only known at run time.
+
+    ``input_name`` is the ONNX graph input it depends on, when it is one
+    (bind it with ``from_onnx(..., bind_inputs={name: array})``).
+    """
+
+    def __init__(self, message: str, *, op: str = "", node: str = "", input_name: str | None = None):
+        super().__init__(message, op=op, node=node)
+        self.input_name = input_name
+
+
+# ---------------------------------------------------------------- builder
+def is_const(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def shape_of(x) -> tuple[int, ...]:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x.type.shape)
+
+
+def dtype_of(x) -> torch.dtype:
+    return x.dtype if isinstance(x, torch.Tensor) else x.type.torch_dtype
+
+
+def _map_tensors(obj, fn):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, list):
+        return [_map_tensors(o, fn) for o in obj]
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def _has_value(obj) -> bool:
+    if isinstance(obj, Value):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return any(_has_value(o) for o in obj)
+    if isinstance(obj, dict):
+        return any(_has_value(o) for o in obj.values())
+    return False
+
+
+class Importer:
+    """State of one import: the graph, constants, and the ONNX-name environment."""
+
+    def __init__(self, graph: Graph, opset: int, onnx_types: dict):
+        self.graph = graph
+        self.opset = opset
+        self.onnx_types = onnx_types  # onnx value name -> (elem_type, dims or None)
+        self.env: dict[str, Any] = {}  # onnx name -> Value | torch.Tensor (constant)
+        self.const_params: dict[int, tuple[torch.Tensor, Value]] = {}
+        self.const_names: dict[int, str] = {}
+        self.input_names: dict[str, str] = {}  # IR value name -> onnx graph input name
+
+    def materialize(self, t: torch.Tensor, hint: str = "const") -> Value:
+        """The param holding constant ``t`` (one param per constant tensor object)."""
+        hit = self.const_params.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        data = t.detach().contiguous()
+        value = self.graph.add_param(self.const_names.get(id(t), hint), TensorType.of(data), data)
+        self.const_params[id(t)] = (t, value)
+        return value
+
+
+class NodeBuilder:
+    """What a lowering function sees: the ONNX node, its attributes, and ``call`` to emit IR."""
+
+    def __init__(self, importer: Importer, node, attrs: dict):
+        self.importer = importer
+        self.graph = importer.graph
+        self.node = node
+        self.attrs = attrs
+        self.opset = importer.opset
+        self.op_type = node.op_type
+        self.name = node.name or (node.output[0] if node.output else node.op_type)
+        self.created: list[Node] = []
+        hint = node.output[0] if node.output and node.output[0] else node.op_type.lower()
+        self._hint = hint
+
+    # -- attributes --------------------------------------------------------
+    def attr(self, name: str, default=None):
+        return self.attrs.get(name, default)
+
+    def fail(self, message: str) -> UnsupportedOpError:
+        """An :class:`UnsupportedOpError` for this node (an attribute value memplan cannot lower)."""
+        return UnsupportedOpError(f"ONNX op {self.op_type} (node {self.name!r}): {message}",
+                                  op=f"onnx::{self.op_type}", node=self.name)
+
+    # -- constants -----------------------------------------------------------
+    def const(self, x, what: str = "input") -> torch.Tensor:
+        """The value of ``x`` if it is a constant; :class:`NeedsConstantError` if not."""
+        if x is None:
+            raise self.fail(f"{what} is missing")
+        if is_const(x):
+            return x
+        onnx_name = self.importer.input_names.get(x.name)
+        hint = (f"; bind graph input {onnx_name!r} to a value (bind_inputs) or make it an initializer"
+                if onnx_name else "")
+        raise NeedsConstantError(
+            f"ONNX op {self.op_type} (node {self.name!r}) needs its {what} as a constant, but it is "
+            f"computed at run time (%{x.name}); memplan plans static shapes{hint}",
+            op=f"onnx::{self.op_type}", node=self.name, input_name=onnx_name)
+
+    def ints(self, x, what: str = "input") -> list[int]:
+        return [int(v) for v in self.const(x, what).reshape(-1).tolist()]
+
+    def scalar(self, x, what: str = "input"):
+        t = self.const(x, what)
+        if t.numel() != 1:
+            raise self.fail(f"{what} must hold one value, got shape {list(t.shape)}")
+        return t.reshape(()).item()
+
+    # -- emission ------------------------------------------------------------
+    def call(self, op: str, *args, **kwargs):
+        """Apply aten/memplan op ``op``: folded now if every tensor argument is a constant,
+        else appended to the graph. Returns a Value/tensor, or a tuple for multi-output ops."""
+        opdef = lookup(op, node=self.name, source=self.name)
+        if not _has_value((args, kwargs)):
+            result = opdef.impl(*args, **kwargs)
+            if isinstance(result, torch.Tensor):
+                return result
+            return tuple(flatten_outputs(result))
+        args = _map_tensors(args, self.importer.materialize)
+        kwargs = _map_tensors(kwargs, self.importer.materialize)
+        probe = Node("probe", op, tuple(args), dict(kwargs), (), self.name, f"onnx::{self.op_type}")
+        try:
+            types = infer_types(probe)
+        except UnsupportedOpError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise self.fail(f"{op} rejects its arguments ({text})") from None
+        short = op.split(".")[1] if op.count(".") >= 2 else op.split(".")[-1]
+        outs = self.graph.add_node(op, args, kwargs, types, name=f"{self._hint}_{short}", source=self.name,
+                                   source_op=f"onnx::{self.op_type}")
+        self.created.append(outs[0].producer)
+        schema = getattr(opdef.impl, "_schema", None)
+        single = schema is not None and len(schema.returns) == 1 and \
+            not str(schema.returns[0].type).startswith(("List", "Tensor[]"))
+        if single or (schema is None and len(outs) == 1 and not getattr(opdef.impl, "returns_sequence", False)):
+            return outs[0]
+        return tuple(outs)
+
+    def cast(self, x, dtype: torch.dtype):
+        """``x`` converted to ``dtype`` (no node if it already has it)."""
+        if dtype_of(x) == dtype:
+            return x
+        return self.call("aten._to_copy.default", x, dtype=dtype)
+
+    def reshape(self, x, shape):
+        shape = [int(s) for s in shape]
+        if list(shape_of(x)) == shape:
+            return x
+        return self.call("aten.reshape.default", x, shape)
+
+    def full(self, shape, value, dtype: torch.dtype) -> torch.Tensor:
+        """A constant tensor (folded at import time)."""
+        return torch.full(tuple(int(s) for s in shape), value, dtype=dtype)
+
+
+# ---------------------------------------------------------------- attributes
+def attributes(node) -> dict:
+    """ONNX node attributes as Python values (strings decoded, tensors as torch tensors)."""
+    import onnx
+    out = {}
+    for a in node.attribute:
+        if a.ref_attr_name:
+            raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}) has an attribute reference "
+                                     f"{a.name}={a.ref_attr_name}; inline the model's functions first")
+        if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            out[a.name] = a  # a sub-graph; op lowerings that take one decide
+            continue
+        value = onnx.helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif isinstance(value, onnx.TensorProto):
+            value = tensor_from_proto(value, f"attribute {a.name} of node {node.name!r}")
+        elif isinstance(value, list):
+            value = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+        out[a.name] = value
+    return out
+
+
+# ---------------------------------------------------------------- the import
+def _onnx_types(model, input_types: dict[str, TensorType], bound: dict[str, torch.Tensor]) -> dict:
+    """ONNX shape inference on the model specialised to the concrete input types."""
+    import onnx
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in m.graph.input:
+        t = input_types.get(vi.name)
+        if t is None:
+            continue
+        tt = vi.type.tensor_type
+        tt.ClearField("shape")
+        tt.shape.SetInParent()
+        for d in t.shape:
+            tt.shape.dim.add().dim_value = int(d)
+    if bound:
+        from onnx import numpy_helper
+        keep = [vi for vi in m.graph.input if vi.name not in bound]
+        del m.graph.input[:]
+        m.graph.input.extend(keep)
+        for name, t in bound.items():
+            m.graph.initializer.append(numpy_helper.from_array(tensor_to_array(t), name))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        dims = _declared_dims(vi)
+        if dims is not None and not all(isinstance(d, int) for d in dims):
+            dims = None
+        out[vi.name] = (vi.type.tensor_type.elem_type, dims)
+    return out
+
+
+def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = None,
+              check_types: bool = True, name: str | None = None) -> Graph:
+    """Lower an ONNX model (a ``ModelProto`` or an ``.onnx`` path) to an IR :class:`Graph`.
+
+    ``example_inputs``: tensors, numpy arrays or shape tuples, as a sequence in
+    graph-input order (initializers excluded) or a dict by input name; the
+    graph is specialised to their shapes. Without them, the model's declared
+    input shapes must be concrete. ``bind_inputs``: ``{input name: array}``,
+    graph inputs whose values are fixed at import time (they become constants
+    and leave the graph signature) — for models that compute shapes from
+    inputs. Raises :class:`ModelLoadError`, :class:`UnsupportedOpError`,
+    :class:`InputMismatchError`.
+    """
+    from memplan.frontend.onnx_ops import lower_node
+
+    model = prepare_model(load_model(model_or_path))
+    opset = default_opset(model)
+    g = model.graph
+    graph = Graph(_identifier(name or g.name or "onnx_model"))
+    importer = Importer(graph, opset, {})
+
+    initializers = {}
+    for init in g.initializer:
+        initializers[init.name] = tensor_from_proto(init, f"initializer {init.name!r}")
+    for sparse in g.sparse_initializer:
+        raise UnsupportedOpError(f"sparse initializer {sparse.values.name!r} is not supported")
+
+    bound = {k: array_to_tensor(v) for k, v in (bind_inputs or {}).items()}
+    real_inputs = [vi for vi in g.input if vi.name not in initializers]
+    unknown = set(bound) - {vi.name for vi in real_inputs}
+    if unknown:
+        raise InputMismatchError(f"bind_inputs names {sorted(unknown)}, which are not graph inputs "
+                                 f"({', '.join(vi.name for vi in real_inputs)})")
+    free_inputs = [vi for vi in real_inputs if vi.name not in bound]
+    if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
+        example_inputs = (example_inputs,)
+    if isinstance(example_inputs, dict):
+        extra = set(example_inputs) - {vi.name for vi in real_inputs}
+        if extra:
+            raise InputMismatchError(f"example inputs name {sorted(extra)}, which are not graph inputs of the "
+                                     f"model ({', '.join(vi.name for vi in free_inputs) or 'none'})")
+    elif example_inputs is not None and len(example_inputs) > len(free_inputs):
+        raise InputMismatchError(f"got {len(example_inputs)} example inputs, the model takes {len(free_inputs)} "
+                                 f"({', '.join(vi.name for vi in free_inputs) or 'none'})")
+
+    input_types: dict[str, TensorType] = {}
+    for i, vi in enumerate(free_inputs):
+        t, _ = resolve_input_type(vi, _example_for(example_inputs, i, vi.name))
+        input_types[vi.name] = t
+    for name_, data in bound.items():
+        vi = next(v for v in real_inputs if v.name == name_)
+        want = torch_dtype_of(vi.type.tensor_type.elem_type, f"graph input {name_!r}")
+        bound[name_] = data.to(want) if data.dtype != want else data
+    if check_types:
+        importer.onnx_types = _onnx_types(model, input_types, bound)
+
+    for name_, t in initializers.items():
+        importer.env[name_] = t
+        importer.const_names[id(t)] = name_
+    for name_, t in bound.items():
+        importer.env[name_] = t
+        importer.const_names[id(t)] = name_
+    for vi in free_inputs:
+        value = graph.add_input(vi.name, input_types[vi.name])
+        importer.env[vi.name] = value
+        importer.input_names[value.name] = vi.name
+
+    for node in g.node:
+        lower_node(importer, node)
+
+    outputs = []
+    for vi in g.output:
+        if vi.name not in importer.env:
+            raise MemplanError(f"graph output {vi.name!r} is not produced by any node")
+        v = importer.env[vi.name]
+        if v is None:
+            raise UnsupportedOpError(f"graph output {vi.name!r} is an empty optional")
+        if is_const(v):
+            v = importer.materialize(v, vi.name)
+        outputs.append(v)
+    graph.outputs = outputs
+    return graph
+
+
+def _identifier(text: str) -> str:
+    text = re.sub(r"\W", "_", text)
+    return text if text and not text[0].isdigit() else "g_" + text
+
+
+def check_node_types(importer: Importer, node, results: list) -> None:
+    """Compare lowered output types with ONNX shape inference; raise on a static mismatch."""
+    for name_, r in zip(node.output, results):
+        if not name_ or r is None or name_ not in importer.onnx_types:
+            continue
+        elem, dims = importer.onnx_types[name_]
+        ours_dtype = dtype_of(r)
+        if elem in ONNX_DTYPES and elem != 0 and ONNX_DTYPES[elem] != ours_dtype:
+            raise MemplanError(f"lowering ONNX op {node.op_type} (node {node.name!r}) gives output {name_!r} dtype "
+                               f"{ours_dtype}, ONNX type inference says {onnx_type_name(elem)}")
+        if dims is not None and list(dims) != list(shape_of(r)):
+            raise MemplanError(f"lowering ONNX op {node.op_type} (node {node.name!r}) gives output {name_!r} shape "
+                               f"{list(shape_of(r))}, ONNX shape inference says {dims}")
+
+
+__all__ = ["from_onnx", "input_shapes_from_spec", "load_model", "NeedsConstantError", "Importer",
+           "NodeBuilder", "tensor_to_array", "array_to_tensor", "ONNX_DTYPES", "math"]
