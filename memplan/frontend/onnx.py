@@ -28,7 +28,6 @@ aten.relu.default act onnx::Relu f32[2, 4]
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -92,11 +91,11 @@ def array_to_tensor(array, dtype: torch.dtype | None = None) -> torch.Tensor:
         return array if dtype is None else array.to(dtype)
     array = np.asarray(array)
     if array.dtype.name == "bfloat16":
-        t = torch.from_numpy(np.ascontiguousarray(array).view(np.uint16).copy()).view(torch.bfloat16)
+        t = torch.from_numpy(np.array(array, order="C").view(np.uint16)).view(torch.bfloat16)
     elif array.dtype == object or array.dtype.kind in "SU":
         raise UnsupportedOpError("string tensors are not supported by memplan")
     else:
-        t = torch.from_numpy(np.ascontiguousarray(array).copy())
+        t = torch.from_numpy(np.array(array, order="C"))
     return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
 
@@ -599,4 +598,4 @@ def check_node_types(importer: Importer, node, results: list) -> None:
 
 
 __all__ = ["from_onnx", "input_shapes_from_spec", "load_model", "NeedsConstantError", "Importer",
-           "NodeBuilder", "tensor_to_array", "array_to_tensor", "ONNX_DTYPES", "math"]
+           "NodeBuilder", "tensor_to_array", "array_to_tensor", "ONNX_DTYPES"]

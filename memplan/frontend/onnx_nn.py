@@ -198,14 +198,15 @@ def lower_avg_pool(b, x):
         return total
     ones = torch.ones((1, 1) + tuple(shape_of(x)[2:]), dtype=dtype_of(x))
     count = torch.nn.functional.pad(ones, _torch_pad_list(pads))
-    count = torch.ops.aten.avg_pool2d.default(count if n == 2 else count, kernel, strides, [0] * n, ceil, True) \
-        if n == 2 else _avg_pool_const(count, n, kernel, strides, ceil)
+    count = _avg_pool_const(count, n, kernel, strides, ceil)
     return b.call("aten.div.Tensor", total, count)
 
 
 def _avg_pool_const(t, n, kernel, strides, ceil):
     if n == 1:
         return torch.ops.aten.avg_pool1d.default(t, kernel, strides, [0], ceil, True)
+    if n == 2:
+        return torch.ops.aten.avg_pool2d.default(t, kernel, strides, [0, 0], ceil, True)
     return torch.ops.aten.avg_pool3d.default(t, kernel, strides, [0] * 3, ceil, True)
 
 

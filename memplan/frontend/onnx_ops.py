@@ -839,7 +839,7 @@ def _scan_axis(b, x, axis_input, op, pad_value):
     y = x
     if b.attr("reverse", 0):
         y = b.call("aten.flip.default", y, [axis])
-    y = b.call(op, y, axis)
+    y = b.call(op, y, axis, dtype=dtype_of(x))
     if b.attr("exclusive", 0):
         r = rank_of(x)
         pads = [0, 0] * (r - 1 - axis) + [1, -1]

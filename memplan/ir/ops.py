@@ -95,7 +95,7 @@ copysign hypot prelu xlogy lerp addcmul addcdiv
 _INJECTIVE = """
 cat stack constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d
 replication_pad2d replication_pad3d index_select gather embedding index repeat flip roll tril triu
-split split_with_sizes unbind upsample_nearest2d upsample_nearest1d upsample_nearest3d
+upsample_nearest2d upsample_nearest1d upsample_nearest3d
 upsample_bilinear2d upsample_linear1d upsample_trilinear3d upsample_bicubic2d _upsample_nearest_exact2d
 pixel_shuffle pixel_unshuffle full_like zeros_like ones_like empty_like fill scalar_tensor full
 zeros ones arange scatter scatter_add scatter_reduce index_put slice_scatter select_scatter
@@ -104,7 +104,8 @@ empty empty_strided new_empty new_full new_zeros new_ones iota narrow_copy
 """.split()
 _VIEWS = """
 view _unsafe_view reshape permute transpose t expand slice select squeeze unsqueeze alias
-as_strided detach narrow unfold diagonal view_as movedim split_copy unsqueeze_copy
+as_strided detach narrow unfold diagonal view_as movedim split split_with_sizes unbind chunk
+tensor_split
 """.split()
 _REDUCTION = """
 sum mean amax amin max min argmax argmin prod var var_mean std any all logsumexp

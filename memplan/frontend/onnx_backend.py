@@ -1,0 +1,197 @@
+"""memplan as an ONNX backend (``onnx.backend.base.Backend``), for the ONNX backend test suite.
+
+``prepare`` compiles the model with :func:`memplan.compile` (example inputs
+built from the declared input types); ``run`` executes the plan and returns
+numpy arrays. memplan plans static shapes, so a model is compiled once per
+input signature; inputs whose *values* decide shapes (a Reshape's ``shape``
+fed as a graph input) are bound at run time and the model is compiled for
+those values.
+
+``MemplanBackend.claimed(model)`` says whether memplan claims to run a model
+correctly: every node an op of the table (with its ``claim`` predicate
+passing), no sub-graphs, and only tensor types memplan holds.
+
+>>> import numpy as np, onnx, onnx.helper as oh
+>>> x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+>>> y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
+>>> m = oh.make_model(oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+>>> MemplanBackend.claimed(m)
+True
+>>> MemplanBackend.prepare(m).run([np.array([[-1, 0, 2], [3, -4, 5]], np.float32)])[0].tolist()
+[[0.0, 0.0, 2.0], [3.0, 0.0, 5.0]]
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from onnx.backend.base import Backend, BackendRep
+
+from memplan.errors import InputMismatchError
+from memplan.frontend.onnx import (NeedsConstantError, array_to_tensor, load_model, prepare_model,
+                                   tensor_to_array, torch_dtype_of)
+
+# ONNX element types the backend claims (no uint16/32/64: aten lacks most kernels; no complex, float8, int4,
+# strings).
+CLAIMED_ELEM_TYPES = frozenset({1, 2, 3, 5, 6, 7, 9, 10, 11, 16})
+
+
+def claim_reason(model) -> str | None:
+    """Why memplan does not claim ``model`` (None when it does)."""
+    import onnx
+    from memplan.frontend.onnx_ops import ONNX_OPS, supported_onnx_ops
+
+    supported_onnx_ops()
+    try:
+        model = prepare_model(load_model(model))
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot load: {exc}"
+    g = model.graph
+    for vi in list(g.input) + list(g.output):
+        if not vi.type.HasField("tensor_type"):
+            return f"{vi.name!r} is not a tensor"
+        if vi.type.tensor_type.elem_type not in CLAIMED_ELEM_TYPES:
+            return f"{vi.name!r} has element type {vi.type.tensor_type.elem_type}"
+    for init in g.initializer:
+        if init.data_type not in CLAIMED_ELEM_TYPES:
+            return f"initializer {init.name!r} has element type {init.data_type}"
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in g.input if vi.type.HasField("tensor_type")}
+    types.update({i.name: i.data_type for i in g.initializer})
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            if vi.type.HasField("tensor_type"):
+                types[vi.name] = vi.type.tensor_type.elem_type
+    except Exception:  # noqa: BLE001
+        pass
+    from memplan.frontend.onnx import attributes
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx"):
+            return f"domain {node.domain}"
+        op = ONNX_OPS.get(node.op_type)
+        if op is None:
+            return f"op {node.op_type}"
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return f"{node.op_type} has a sub-graph"
+        for out in node.output:
+            t = types.get(out)
+            if t is not None and t not in CLAIMED_ELEM_TYPES and t != 0:
+                return f"{node.op_type} output {out!r} has element type {t}"
+        if op.claim is not None:
+            try:
+                attrs = attributes(node)
+            except Exception as exc:  # noqa: BLE001
+                return str(exc)
+            in_types = [types.get(i) for i in node.input]
+            reason = op.claim(attrs, in_types, _opset(model))
+            if reason:
+                return f"{node.op_type}: {reason}"
+    return None
+
+
+def _opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+class MemplanRep(BackendRep):
+    """A compiled model; ``run(inputs)`` takes inputs in graph-input order (or a dict by name)."""
+
+    def __init__(self, model, input_names: list[str], device: str = "CPU"):
+        self.model = model
+        self.input_names = input_names
+        self.bound: set[str] = set()
+        self.compiled: dict[Any, Any] = {}
+        self.device = device
+
+    def _compile(self, tensors: dict[str, torch.Tensor], *, values_known: bool = True):
+        """The compiled module for these inputs (compiled on first use) and the free inputs.
+
+        ``values_known=False`` (prepare's placeholder data): an input found to decide shapes is
+        recorded as bound and compilation waits for its real value."""
+        import memplan
+        while True:
+            free = {k: v for k, v in tensors.items() if k not in self.bound}
+            key = (tuple((k, str(v.dtype), tuple(v.shape)) for k, v in free.items()),
+                   tuple((k, tuple(tensors[k].shape), tensors[k].numpy().tobytes()) for k in sorted(self.bound)))
+            if key in self.compiled:
+                return self.compiled[key], free
+            try:
+                from memplan.frontend.onnx import from_onnx
+                graph = from_onnx(self.model, free, bind_inputs={k: tensors[k] for k in self.bound})
+                cm = memplan.compile(graph)
+            except NeedsConstantError as exc:
+                if exc.input_name and exc.input_name not in self.bound:
+                    self.bound.add(exc.input_name)
+                    if not values_known:
+                        return None, free
+                    continue
+                raise
+            self.compiled[key] = cm
+            return cm, free
+
+    def run(self, inputs, **kwargs) -> list[np.ndarray]:
+        if isinstance(inputs, dict):
+            named = dict(inputs)
+        else:
+            if not isinstance(inputs, (list, tuple)):
+                inputs = [inputs]
+            if len(inputs) != len(self.input_names):
+                raise InputMismatchError(f"the model takes {len(self.input_names)} inputs "
+                                         f"({', '.join(self.input_names)}), got {len(inputs)}")
+            named = dict(zip(self.input_names, inputs))
+        tensors = {k: array_to_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
+                   for k, v in named.items()}
+        cm, free = self._compile(tensors)
+        out = cm(*free.values())  # graph inputs follow the ONNX input order
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        return [tensor_to_array(o) for o in outs]
+
+
+class MemplanBackend(Backend):
+    """The ONNX backend API over :func:`memplan.compile` (CPU, the PyTorch backend)."""
+
+    @classmethod
+    def claimed(cls, model) -> bool:
+        """True when memplan claims every node of ``model`` (see :func:`claim_reason`)."""
+        return claim_reason(model) is None
+
+    @classmethod
+    def is_compatible(cls, model, device: str = "CPU", **kwargs) -> bool:
+        return cls.claimed(model)
+
+    @classmethod
+    def prepare(cls, model, device: str = "CPU", **kwargs) -> MemplanRep:
+        model = load_model(model)
+        inits = {i.name for i in model.graph.initializer}
+        names = [vi.name for vi in model.graph.input if vi.name not in inits]
+        rep = MemplanRep(model, names, device)
+        example = {}
+        for vi in model.graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            if not tt.HasField("shape") or any(d is None for d in dims):
+                return rep  # compiled at the first run, for the shapes it brings
+            example[vi.name] = torch.zeros(dims, dtype=torch_dtype_of(tt.elem_type, f"input {vi.name!r}"))
+        rep._compile(example, values_known=False)  # inputs whose values decide shapes: compiled at run
+        return rep
+
+    @classmethod
+    def run_model(cls, model, inputs, device: str = "CPU", **kwargs):
+        return cls.prepare(model, device, **kwargs).run(inputs)
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return device.upper().startswith("CPU")
+
+
+prepare = MemplanBackend.prepare
+run_model = MemplanBackend.run_model
+supports_device = MemplanBackend.supports_device
+
+__all__ = ["MemplanBackend", "MemplanRep", "claim_reason", "CLAIMED_ELEM_TYPES"]

@@ -1,0 +1,250 @@
+"""Static memory allocation: a byte offset for every buffer in one arena.
+
+A buffer lives during ``[lower, upper)`` (half-open, MiniMalloc's convention)
+and needs ``size`` bytes. Buffers whose lifetimes intersect may not share
+bytes. The goal is the lowest arena *height* (the highest byte used), or, in
+feasibility mode, any packing within a given capacity. The height can never
+be below the *interval lower bound*: the most bytes live at one time.
+
+:func:`solve_allocation` runs, within one time limit:
+
+1. a portfolio of greedy heuristics (orders x best/first fit), keeping the
+   lowest packing (:mod:`memplan.solvers.alloc_greedy`);
+2. if that packing is above the bound, an exact search per independent
+   component of the conflict graph, warm-started from it: a MiniMalloc-style
+   branch and bound (:mod:`memplan.solvers.alloc_search`, ``method="search"``,
+   the default) or a CP-SAT model (:mod:`memplan.solvers.alloc_cpsat`).
+
+It knows nothing of graphs, torch or ONNX: plain buffers in, offsets out.
+
+>>> buffers = [Buffer("a", 0, 2, 64), Buffer("b", 1, 3, 32), Buffer("c", 2, 4, 64)]
+>>> result = solve_allocation(buffers, time_limit=1.0)
+>>> result.height, result.lower_bound, result.status
+(96, 96, 'optimal')
+>>> validate(buffers, result.offsets)
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from memplan.solvers.alloc_cpsat import cpsat_packing
+from memplan.solvers.alloc_greedy import greedy_portfolio
+from memplan.solvers.alloc_instance import PackingInstance, components
+from memplan.solvers.alloc_search import minimize_height
+
+METHODS = ("auto", "greedy", "search", "cpsat")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A block of ``size`` bytes live during ``[lower, upper)``."""
+
+    id: str
+    lower: int
+    upper: int
+    size: int
+
+    def __post_init__(self):
+        for name in ("lower", "upper", "size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"buffer {self.id!r}: {name} must be an int, got {value!r}")
+        if self.upper <= self.lower:
+            raise ValueError(f"buffer {self.id!r}: empty lifetime [{self.lower}, {self.upper}) (need upper > lower)")
+        if self.size < 0:
+            raise ValueError(f"buffer {self.id!r}: negative size {self.size}")
+
+    def conflicts_with(self, other: Buffer) -> bool:
+        """Whether the two lifetimes intersect (so the two may not share bytes)."""
+        return self.lower < other.upper and other.lower < self.upper
+
+
+@dataclass
+class AllocationResult:
+    """What :func:`solve_allocation` found and what it knows about it.
+
+    ``status``:
+      - ``optimal``: ``height`` equals a proven lower bound;
+      - ``feasible``: a packing (within ``capacity`` if one was given), not proven optimal;
+      - ``infeasible``: a capacity was given and no packing fits in it (proven);
+      - ``unknown``: a capacity was given, no packing within it was found in
+        time, and none was proven impossible.
+    ``offsets`` is always a valid packing (of height ``height``); when the
+    status is ``infeasible`` or ``unknown`` it is the best one found, above
+    the capacity.
+    """
+
+    offsets: dict[str, int]
+    height: int
+    lower_bound: int
+    status: str
+    wall_s: float
+    method: str
+    capacity: int | None = None
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def gap(self) -> float:
+        """Relative distance of ``height`` above ``lower_bound`` (0.0 when they meet)."""
+        if self.height <= self.lower_bound:
+            return 0.0
+        return (self.height - self.lower_bound) / self.lower_bound if self.lower_bound else float("inf")
+
+    @property
+    def fits(self) -> bool:
+        """Whether the packing is within the capacity (always, without one)."""
+        return self.capacity is None or self.height <= self.capacity
+
+
+def interval_lower_bound(buffers: Sequence[Buffer], alignment: int = 1) -> int:
+    """The most bytes live at once: no packing of ``buffers`` can be lower.
+
+    Computed exactly by a sweep over lifetime endpoints (ends before starts
+    at equal times, since lifetimes are half-open). For interval conflict
+    graphs this equals the maximum-weight clique, the classic stronger bound.
+
+    >>> interval_lower_bound([Buffer("a", 0, 2, 10), Buffer("b", 1, 3, 5), Buffer("c", 2, 4, 7)])
+    15
+    """
+    return _instance(buffers, alignment).lower_bound()
+
+
+def validate(buffers: Sequence[Buffer], offsets: Mapping[str, int] | Sequence[int],
+             capacity: int | None = None, alignment: int = 1) -> None:
+    """Raise ``ValueError`` unless ``offsets`` is a valid packing of ``buffers``.
+
+    ``offsets`` maps buffer ids to byte offsets (or lists them in buffer
+    order). Checks: every buffer has a non-negative offset that is a multiple
+    of ``alignment``, ends within ``capacity``, and no two buffers whose
+    lifetimes intersect share a byte. The message names the buffers at fault.
+    """
+    if not isinstance(offsets, Mapping):
+        if len(offsets) != len(buffers):
+            raise ValueError(f"{len(offsets)} offsets for {len(buffers)} buffers")
+        offsets = {b.id: o for b, o in zip(buffers, offsets)}
+    for b in buffers:
+        if b.id not in offsets:
+            raise ValueError(f"buffer {b.id!r} has no offset")
+        o = offsets[b.id]
+        if isinstance(o, bool) or not isinstance(o, int) or o < 0:
+            raise ValueError(f"buffer {b.id!r}: offset {o!r} is not a non-negative int")
+        if alignment > 1 and o % alignment:
+            raise ValueError(f"buffer {b.id!r}: offset {o} is not a multiple of the alignment {alignment}")
+        if capacity is not None and o + b.size > capacity:
+            raise ValueError(f"buffer {b.id!r} [{o}, {o + b.size}) ends above the capacity {capacity}")
+    live: list[Buffer] = []
+    for b in sorted((b for b in buffers if b.size > 0), key=lambda b: b.lower):
+        live = [a for a in live if a.upper > b.lower]
+        o = offsets[b.id]
+        for a in live:
+            p = offsets[a.id]
+            if p < o + b.size and o < p + a.size:
+                raise ValueError(
+                    f"buffers {a.id!r} (bytes [{p}, {p + a.size}), live [{a.lower}, {a.upper})) and "
+                    f"{b.id!r} (bytes [{o}, {o + b.size}), live [{b.lower}, {b.upper})) overlap")
+        live.append(b)
+
+
+def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, time_limit: float = 10.0,
+                     alignment: int = 1, method: str = "auto") -> AllocationResult:
+    """Pack ``buffers`` into an arena as low as possible (or within ``capacity``).
+
+    ``method``: ``greedy`` (heuristic portfolio only), ``search`` (portfolio,
+    then MiniMalloc-style branch and bound), ``cpsat`` (portfolio, then a
+    CP-SAT model), ``auto`` (= ``search``). The exact phase runs only where
+    the heuristic is above the lower bound (or the capacity), one independent
+    component at a time, tallest first, and stops at ``time_limit`` seconds.
+    With ``capacity``, the goal is any packing of height ``<= capacity``.
+    """
+    start = time.monotonic()
+    deadline = start + time_limit
+    if method not in METHODS:
+        raise ValueError(f"unknown allocation method {method!r}; choose from {', '.join(METHODS)}")
+    if alignment < 1:
+        raise ValueError(f"alignment must be >= 1, got {alignment}")
+    if capacity is not None and capacity < 0:
+        raise ValueError(f"capacity must be >= 0, got {capacity}")
+    ids = [b.id for b in buffers]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(f"buffer id {duplicate!r} appears more than once")
+    instance = _instance(buffers, alignment)
+    bound = instance.lower_bound()
+    log: list[str] = []
+
+    exact = method != "greedy"
+    greedy = greedy_portfolio(instance, time_budget=time_limit * (0.2 if exact else 1.0))
+    offsets, winner = list(greedy.offsets), f"greedy:{greedy.variant}"
+    log.append(f"greedy {greedy.variant}: height {greedy.height} "
+               f"(best of {len(greedy.tried)} variants, lower bound {bound})")
+
+    proven = bound
+    if capacity is not None and capacity < bound:
+        log.append(f"capacity {capacity} is below the interval lower bound {bound}")
+    elif exact and instance.height(offsets) > (bound if capacity is None else capacity):
+        proven, improved = _exact_phase(instance, offsets, bound, capacity, deadline, method, log)
+        if improved:
+            winner = method if method != "auto" else "search"
+
+    height = instance.height(offsets)
+    if capacity is not None and height > capacity:
+        status = "infeasible" if proven > capacity else "unknown"
+    else:
+        status = "optimal" if height <= proven else "feasible"
+    return AllocationResult(offsets={b.id: o for b, o in zip(buffers, offsets)}, height=height,
+                            lower_bound=min(proven, height), status=status,
+                            wall_s=time.monotonic() - start, method=winner, capacity=capacity, log=log)
+
+
+def _instance(buffers: Sequence[Buffer], alignment: int) -> PackingInstance:
+    return PackingInstance([b.lower for b in buffers], [b.upper for b in buffers],
+                           [b.size for b in buffers], alignment)
+
+
+def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capacity: int | None,
+                 deadline: float, method: str, log: list[str]) -> tuple[int, bool]:
+    """Improve ``offsets`` in place, one component at a time; return (proven bound, improved)."""
+    groups = components(instance.lowers, instance.uppers, instance.sizes)
+    heights = [max(offsets[i] + instance.sizes[i] for i in g) for g in groups]
+    todo = sorted(range(len(groups)), key=lambda k: -heights[k])
+    goal = bound if capacity is None else capacity
+    proven, improved = bound, False
+    for position, k in enumerate(todo):
+        if heights[k] <= goal or time.monotonic() >= deadline:
+            continue
+        group = groups[k]
+        sub = instance.subset(group)
+        sub_offsets = [offsets[i] for i in group]
+        sub_bound = sub.lower_bound()
+        # share what time is left among the components still above the goal
+        waiting = sum(1 for j in todo[position:] if heights[j] > goal)
+        share = (deadline - time.monotonic()) / max(waiting, 1)
+        if method == "cpsat":
+            limit = heights[k] if capacity is None else min(capacity, heights[k] - 1)
+            run = cpsat_packing(sub, sub_offsets, sub_bound, limit, share)
+            log.append(f"cp-sat on component of {len(group)} buffers: {run.status}, "
+                       f"height {run.height}, bound {run.bound}")
+            if run.offsets is not None and run.height < heights[k]:
+                new_offsets, new_height = run.offsets, run.height
+            else:
+                new_offsets, new_height = sub_offsets, heights[k]
+            proven_here = run.bound
+        else:
+            run = minimize_height(sub, sub_offsets, sub_bound, stop_at=goal,
+                                  deadline=time.monotonic() + share,
+                                  capacities="ladder" if capacity is None else "fixed")
+            log.append(f"search on component of {len(group)} buffers: height {heights[k]} -> {run.height} "
+                       f"(bound {run.proven_lower}, {run.nodes} nodes)")
+            log.extend(f"  {line}" for line in run.log[-5:])
+            new_offsets, new_height, proven_here = run.offsets, run.height, run.proven_lower
+        if new_height < heights[k]:
+            improved = True
+            for i, o in zip(group, new_offsets):
+                offsets[i] = o
+        proven = max(proven, proven_here)
+        if capacity is None:
+            goal = max(goal, new_height)   # lower components need not go below the tallest one
+    return proven, improved
