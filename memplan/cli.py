@@ -29,7 +29,7 @@ def _console():
 
 def cmd_lower(args) -> int:
     import memplan
-    from memplan.frontend.onnx import from_onnx, input_shapes_from_spec
+    from memplan.frontend.onnx import input_shapes_from_spec
 
     path = Path(args.model)
     emits = [e.strip() for e in args.emit.split(",") if e.strip()]
@@ -40,8 +40,7 @@ def cmd_lower(args) -> int:
     examples = input_shapes_from_spec(args.input_shape) if args.input_shape else None
     console = _console()
     with console.status(f"lowering {path.name}"):
-        graph = from_onnx(path, examples)
-        cm = memplan.compile(graph, target=args.target, memory_budget=args.budget,
+        cm = memplan.compile(path, examples, target=args.target, memory_budget=args.budget,
                              dump_ir_after=args.dump_ir_after, dump_dir=out / "dumps" if args.dump_ir_after else None,
                              verify_each=args.verify_each)
     out.mkdir(parents=True, exist_ok=True)

@@ -368,13 +368,27 @@ class NodeBuilder:
             raise self.fail(f"{what} is missing")
         if is_const(x):
             return x
-        onnx_name = self.importer.input_names.get(x.name)
+        onnx_name = self.importer.input_names.get(x.name) or self._input_behind(x)
         hint = (f"; bind graph input {onnx_name!r} to a value (bind_inputs) or make it an initializer"
                 if onnx_name else "")
         raise NeedsConstantError(
             f"ONNX op {self.op_type} (node {self.name!r}) needs its {what} as a constant, but it is "
             f"computed at run time (%{x.name}); memplan plans static shapes{hint}",
             op=f"onnx::{self.op_type}", node=self.name, input_name=onnx_name)
+
+    def _input_behind(self, x: Value) -> str | None:
+        """The first graph input (ONNX name) that value ``x`` is computed from."""
+        seen, stack = set(), [x]
+        while stack:
+            v = stack.pop()
+            if v.name in seen:
+                continue
+            seen.add(v.name)
+            if v.name in self.importer.input_names:
+                return self.importer.input_names[v.name]
+            if v.producer is not None:
+                stack.extend(reversed(v.producer.inputs))
+        return None
 
     def ints(self, x, what: str = "input") -> list[int]:
         return [int(v) for v in self.const(x, what).reshape(-1).tolist()]

@@ -58,11 +58,14 @@ def claim_reason(model) -> str | None:
             return f"initializer {init.name!r} has element type {init.data_type}"
     types = {vi.name: vi.type.tensor_type.elem_type for vi in g.input if vi.type.HasField("tensor_type")}
     types.update({i.name: i.data_type for i in g.initializer})
+    ranks = {i.name: len(i.dims) for i in g.initializer}
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
             if vi.type.HasField("tensor_type"):
                 types[vi.name] = vi.type.tensor_type.elem_type
+                if vi.type.tensor_type.HasField("shape"):
+                    ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
     except Exception:  # noqa: BLE001
         pass
     from memplan.frontend.onnx import attributes
@@ -84,7 +87,7 @@ def claim_reason(model) -> str | None:
             except Exception as exc:  # noqa: BLE001
                 return str(exc)
             in_types = [types.get(i) for i in node.input]
-            reason = op.claim(attrs, in_types, _opset(model))
+            reason = op.claim(attrs, in_types, _opset(model), [ranks.get(i) for i in node.input])
             if reason:
                 return f"{node.op_type}: {reason}"
     return None
@@ -116,7 +119,7 @@ class MemplanRep(BackendRep):
         while True:
             free = {k: v for k, v in tensors.items() if k not in self.bound}
             key = (tuple((k, str(v.dtype), tuple(v.shape)) for k, v in free.items()),
-                   tuple((k, tuple(tensors[k].shape), tensors[k].numpy().tobytes()) for k in sorted(self.bound)))
+                   tuple((k, tuple(tensors[k].shape), tensor_to_array(tensors[k]).tobytes()) for k in sorted(self.bound)))
             if key in self.compiled:
                 return self.compiled[key], free
             try:

@@ -133,7 +133,7 @@ def _as_2d(b, x, n):
     return b.reshape(x, [s[0], s[1], 1, s[2]])
 
 
-def claim_maxpool(attrs, types, opset):
+def claim_maxpool(attrs, types, opset, ranks):
     if types and types[0] in (2, 3):
         return "int8/uint8 max pooling has no aten kernel"
     if attrs.get("storage_order", 0):
@@ -174,7 +174,7 @@ def lower_max_pool(b, x):
     return y, b.call("aten.add.Tensor", idx, offset)
 
 
-def claim_avgpool(attrs, types, opset):
+def claim_avgpool(attrs, types, opset, ranks):
     if any(d != 1 for d in attrs.get("dilations", [])):
         return "dilated average pooling"
     return None
@@ -228,7 +228,13 @@ def lower_global_max_pool(b, x):
     return b.call("aten.amax.default", x, list(range(2, rank_of(x))), True)
 
 
-@onnx_op("LpPool")
+def claim_lppool(attrs, types, opset, ranks):
+    if any(d != 1 for d in attrs.get("dilations", [])):
+        return "dilated Lp pooling"
+    return None
+
+
+@onnx_op("LpPool", claim=claim_lppool)
 def lower_lp_pool(b, x):
     n, kernel, strides, dilations, pads = _pool_geometry(b, x)
     if any(d != 1 for d in dilations):
@@ -252,7 +258,7 @@ def lower_global_lp_pool(b, x):
 
 
 # ---------------------------------------------------------------- normalization
-def claim_batchnorm(attrs, types, opset):
+def claim_batchnorm(attrs, types, opset, ranks):
     if attrs.get("training_mode", 0):
         return "training mode"
     return None
@@ -413,7 +419,8 @@ def lower_space_to_depth(b, x):
     n, c, h, w = shape_of(x)
     bs = int(b.attr("blocksize"))
     y = b.reshape(x, [n, c, h // bs, bs, w // bs, bs])
-    y = b.call("aten.permute.default", y, [0, 3, 5, 1, 2, 4])
+    perm = [0, 1, 3, 5, 2, 4] if b.attr("mode", "DCR") == "CRD" else [0, 3, 5, 1, 2, 4]
+    y = b.call("aten.permute.default", y, perm)
     return b.reshape(y, [n, c * bs * bs, h // bs, w // bs])
 
 
@@ -512,7 +519,7 @@ def resize_taps(mode, coord_mode, in_w, out_int, scale, roi, *, a=-0.75, antiali
     return np.clip(idx, 0, in_w - 1), coeffs, extrapolated
 
 
-def claim_resize(attrs, types, opset):
+def claim_resize(attrs, types, opset, ranks):
     if attrs.get("mode", "nearest") not in ("nearest", "linear", "cubic"):
         return "mode"
     return None
@@ -619,10 +626,12 @@ def lower_upsample(b, x, scales=None):
 
 
 # ---------------------------------------------------------------- sampling
-def claim_grid_sample(attrs, types, opset):
+def claim_grid_sample(attrs, types, opset, ranks):
     if attrs.get("mode", "linear" if opset >= 20 else "bilinear") not in ("bilinear", "linear", "nearest",
                                                                           "bicubic", "cubic"):
         return "mode"
+    if ranks and ranks[0] is not None and ranks[0] != 4:
+        return "volumetric (5-d) sampling"
     return None
 
 

@@ -119,14 +119,14 @@ def _t(elem_types, i):
     return elem_types[i] if i < len(elem_types) else None
 
 
-def claim_float_inputs(attrs, types, opset):
+def claim_float_inputs(attrs, types, opset, ranks):
     t = _t(types, 0)
     if t is not None and t not in (1, 10, 11, 16):
         return "float inputs only"
     return None
 
 
-def claim_not_bf16(attrs, types, opset):
+def claim_not_bf16(attrs, types, opset, ranks):
     return "bfloat16 differs" if 16 in types else None
 
 
@@ -344,7 +344,11 @@ def lower_identity(b, x):
     return x
 
 
-@onnx_op("Dropout")
+def claim_dropout(attrs, types, opset, ranks):
+    return "training mode" if len(types) > 2 else None
+
+
+@onnx_op("Dropout", claim=claim_dropout)
 def lower_dropout(b, x, ratio=None, training_mode=None):
     if training_mode is not None and bool(b.scalar(training_mode, "training_mode")):
         raise b.fail("training_mode=True is random; memplan plans inference graphs")
@@ -363,7 +367,7 @@ def _cast_to(b, x, dtype: torch.dtype):
     return b.call("aten._to_copy.default", x, dtype=dtype)
 
 
-def claim_cast(attrs, types, opset):
+def claim_cast(attrs, types, opset, ranks):
     from memplan.frontend.onnx_backend import CLAIMED_ELEM_TYPES
     to = attrs.get("to")
     if to is not None and to not in CLAIMED_ELEM_TYPES:
@@ -429,7 +433,8 @@ def lower_constant_of_shape(b, shape):
 def lower_range(b, start, limit, delta):
     s, l, d = (b.const(v, what) for v, what in ((start, "start"), (limit, "limit"), (delta, "delta")))
     count = max(int(math.ceil((l.item() - s.item()) / d.item())), 0)
-    out = s.reshape(()) + torch.arange(count, dtype=s.dtype) * d.reshape(())
+    wide = torch.float64 if s.dtype.is_floating_point else torch.int64
+    out = s.reshape(()).to(wide) + torch.arange(count, dtype=wide) * d.reshape(()).to(wide)
     return out.to(s.dtype)
 
 
@@ -748,7 +753,10 @@ def lower_pad(b, x, pads=None, value=None, axes=None):
         fill = bool(fill) if dtype_of(x) == torch.bool else (
             float(fill) if dtype_of(x).is_floating_point else int(fill))
         if isinstance(fill, float) and not math.isfinite(fill):
-            raise b.fail("a non-finite constant pad value is not supported")
+            # no inf/nan literals in emitted code: pad with 0, then select the fill from a constant
+            mask = torch.nn.functional.pad(torch.zeros(shape_of(x), dtype=torch.bool), torch_pads, value=True)
+            y = b.call("aten.constant_pad_nd.default", x, torch_pads, 0.0)
+            return b.call("aten.where.self", mask, torch.tensor(fill, dtype=dtype_of(x)), y)
         return b.call("aten.constant_pad_nd.default", x, torch_pads, fill)
     if mode not in ("edge", "reflect", "wrap"):
         raise b.fail(f"mode={mode!r} is not supported (constant, reflect, edge, wrap)")
@@ -790,7 +798,9 @@ def lower_reduce(b, x, axes=None):
             [d for i, d in enumerate(dims) if i not in ax]
         ident = _REDUCE_IDENTITY[op]
         dt = dtype_of(x)
-        if not dt.is_floating_point and not math.isfinite(ident):
+        if dt == torch.bool:
+            ident = {"ReduceMax": False, "ReduceMin": True}.get(op, bool(ident))
+        elif not dt.is_floating_point and not math.isfinite(ident):
             ident = torch.iinfo(dt).min if ident < 0 else torch.iinfo(dt).max
         return b.full(out, ident, dt)
     if op == "ReduceSum":

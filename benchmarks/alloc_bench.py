@@ -1,0 +1,303 @@
+"""Static allocation benchmark: memplan's allocators against omnimalloc's, side by side.
+
+    .venv/bin/python benchmarks/alloc_bench.py --time-limit 5 --markdown alloc.md
+
+Instances (all generated here, seeded, so every run sees the same ones):
+
+- ``model:*``: lifetimes of model-like graphs: a chain of ops whose outputs
+  are read by the next op and by skip connections (ResNet-style short skips,
+  UNet-style encoder -> decoder skips, transformer blocks with a residual
+  stream and large attention temporaries). Sizes are tensor-like.
+- ``random:*``: uniform random lifetimes and sizes.
+- ``tiling:*``: "packing to capacity": a rectangle of height H x T time steps
+  cut at random into n pieces (split in time or in address, area-weighted).
+  The pieces tile the rectangle, so the optimum equals the lower bound H
+  by construction, and every section of time is full: the hard case of
+  MEASURING.md.
+
+Each allocator gets the same time limit; heights are checked with
+``validate`` (an invalid packing is reported, not counted). omnimalloc's
+``supermalloc`` (its C++ MiniMalloc-style search) uses both cores; memplan's
+search is single-threaded Python.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memplan.solvers.allocation import Buffer, interval_lower_bound, solve_allocation, validate  # noqa: E402
+
+KiB = 1024
+
+
+# ----------------------------------------------------------------------------- instances
+
+def model_chain(name: str, ops: int, skip_every: int, skip_span: int, seed: int) -> list[Buffer]:
+    """A chain of ops; every ``skip_every``-th output is also read ``skip_span`` ops later."""
+    rng = random.Random(seed)
+    buffers = []
+    for step in range(ops):
+        size = rng.choice([64, 128, 256, 512]) * KiB * rng.choice([1, 1, 2, 4])
+        last_use = step + 1
+        if skip_every and step % skip_every == 0:
+            last_use = min(step + skip_span, ops)
+        buffers.append(Buffer(f"{name}.{step}", step, last_use + 1, size))
+        if rng.random() < 0.3:   # a temporary workspace of the op
+            buffers.append(Buffer(f"{name}.{step}.tmp", step, step + 1, rng.choice([16, 32, 64]) * KiB))
+    return buffers
+
+
+def model_unet(levels: int, convs_per_level: int, seed: int) -> list[Buffer]:
+    """Encoder halves the spatial size per level, decoder mirrors it; skips join the two."""
+    rng = random.Random(seed)
+    buffers, step, skips = [], 0, []
+    base = 4 * 1024 * KiB
+    for level in range(levels):
+        size = base >> (2 * level) << level   # spatial /4, channels x2
+        for conv in range(convs_per_level):
+            buffers.append(Buffer(f"enc{level}.{conv}", step, step + 2, size))
+            step += 1
+        skips.append((f"enc{level}.skip", step, size))
+    for level in reversed(range(levels)):
+        name, produced, size = skips[level]
+        for conv in range(convs_per_level):
+            buffers.append(Buffer(f"dec{level}.{conv}", step, step + 2, size * rng.choice([1, 2])))
+            step += 1
+        buffers.append(Buffer(name, produced - 1, step, size))
+    return buffers
+
+
+def model_transformer(layers: int, seq: int, hidden: int, heads: int, seed: int) -> list[Buffer]:
+    """Per layer: norm, qkv, scores (heads x seq x seq), softmax, context, proj, residual, mlp."""
+    rng = random.Random(seed)
+    f32 = 4
+    act = seq * hidden * f32
+    buffers, step = [], 0
+    residual_start = 0
+    for layer in range(layers):
+        def op(name: str, size: int, uses: int = 1) -> None:
+            nonlocal step
+            buffers.append(Buffer(f"l{layer}.{name}", step, step + uses + 1, size))
+            step += 1
+        op("ln1", act)
+        op("qkv", 3 * act, uses=3)
+        op("scores", heads * seq * seq * f32)
+        op("softmax", heads * seq * seq * f32)
+        op("context", act)
+        op("proj", act)
+        buffers.append(Buffer(f"l{layer}.resid1", residual_start, step + 1, act))
+        residual_start = step
+        op("ln2", act)
+        op("fc1", 4 * act + rng.choice([0, act]))
+        op("gelu", 4 * act)
+        op("fc2", act)
+        buffers.append(Buffer(f"l{layer}.resid2", residual_start, step + 1, act))
+        residual_start = step
+    return buffers
+
+
+def random_instance(n: int, horizon: int, max_size: int, seed: int) -> list[Buffer]:
+    """Uniform random lifetimes (length up to horizon/4) and sizes."""
+    rng = random.Random(seed)
+    buffers = []
+    for i in range(n):
+        lo = rng.randrange(horizon)
+        hi = min(horizon, lo + rng.randint(1, horizon // 4))
+        if hi <= lo:
+            hi = lo + 1
+        buffers.append(Buffer(str(i), lo, hi, rng.randint(1, max_size) * 64))
+    return buffers
+
+
+def tiling_instance(n: int, height: int, horizon: int, seed: int, min_size: int = 64,
+                    min_length: int = 2) -> list[Buffer]:
+    """Cut a ``height`` x ``horizon`` rectangle into ``n`` rectangles; optimum = ``height``."""
+    rng = random.Random(seed)
+    tiles = [(0, horizon, 0, height)]                 # (t0, t1, offset, size)
+    while len(tiles) < n:
+        splittable = [k for k, (t0, t1, _, s) in enumerate(tiles)
+                      if t1 - t0 >= 2 * min_length or s >= 2 * min_size]
+        if not splittable:
+            break
+        k = rng.choices(splittable, weights=[(tiles[j][1] - tiles[j][0]) * tiles[j][3] for j in splittable])[0]
+        t0, t1, off, size = tiles[k]
+        can_time, can_mem = t1 - t0 >= 2 * min_length, size >= 2 * min_size
+        if can_time and (not can_mem or rng.random() < 0.5):
+            cut = rng.randint(t0 + min_length, t1 - min_length)
+            tiles[k:k + 1] = [(t0, cut, off, size), (cut, t1, off, size)]
+        else:
+            cut = rng.randint(min_size // 64, (size - min_size) // 64) * 64
+            tiles[k:k + 1] = [(t0, t1, off, cut), (t0, t1, off + cut, size - cut)]
+    rng.shuffle(tiles)   # the cutting order would hint at the solution
+    return [Buffer(str(i), t0, t1, size) for i, (t0, t1, _, size) in enumerate(tiles)]
+
+
+def sweep_tiling_instance(n: int, height: int, seed: int, end_prob: float = 0.3,
+                          min_size: int = 64) -> list[Buffer]:
+    """A tight non-guillotine tiling: at each step some buffers end and the hole they
+    leave (merged with free neighbours) is refilled with new buffers of random sizes.
+
+    Every moment is filled to exactly ``height`` bytes, so the optimum is ``height``.
+    """
+    rng = random.Random(seed)
+    live = [(0, height, 0)]                       # (offset, size, start), sorted by offset
+    done: list[tuple[int, int, int]] = []        # (start, end, size)
+    step = 0
+    while len(done) + len(live) < n:
+        step += 1
+        ending = [k for k in range(len(live)) if rng.random() < end_prob] or [rng.randrange(len(live))]
+        kept, holes = [], []
+        for k, (off, size, start) in enumerate(live):
+            if k in ending:
+                done.append((start, step, size))
+                if holes and holes[-1][1] == off:
+                    holes[-1] = (holes[-1][0], off + size)
+                else:
+                    holes.append((off, off + size))
+            else:
+                kept.append((off, size, start))
+        for lo, hi in holes:                      # refill each hole with 1-3 new buffers
+            cuts = sorted(rng.sample(range(lo + min_size, hi, min_size), k=min(rng.randint(0, 2), max(0, (hi - lo) // min_size - 1))))
+            edges = [lo] + cuts + [hi]
+            kept += [(a, b - a, step) for a, b in zip(edges, edges[1:])]
+        live = sorted(kept)
+    step += 1
+    done += [(start, step, size) for _, size, start in live]
+    rng.shuffle(done)
+    return [Buffer(str(i), t0, t1, size) for i, (t0, t1, size) in enumerate(done)]
+
+
+def instances(quick: bool) -> dict[str, list[Buffer]]:
+    """The benchmark's instances by name."""
+    out = {
+        "model:resnet-chain": model_chain("res", 400, 3, 3, seed=1),
+        "model:unet": model_unet(levels=5, convs_per_level=6, seed=2),
+        "model:transformer-12L": model_transformer(12, seq=256, hidden=768, heads=12, seed=3),
+        "model:long-skips-2k": model_chain("skip", 2000, 7, 40, seed=4),
+        "random:200": random_instance(200, 400, 256, seed=5),
+        "random:1000": random_instance(1000, 2000, 256, seed=6),
+        "tiling:150": tiling_instance(150, 1 << 20, 1000, seed=7),
+        "tiling:300": tiling_instance(300, 1 << 20, 1000, seed=8),
+        "tiling:450": tiling_instance(450, 1 << 20, 1000, seed=9),
+        "sweep-tiling:150": sweep_tiling_instance(150, 1 << 20, seed=10),
+        "sweep-tiling:300": sweep_tiling_instance(300, 1 << 20, seed=11),
+        "sweep-tiling:450": sweep_tiling_instance(450, 1 << 20, seed=12),
+    }
+    if quick:
+        for key in ("model:long-skips-2k", "random:1000", "tiling:450"):
+            out.pop(key)
+    return out
+
+
+# ----------------------------------------------------------------------------- allocators
+
+def run_memplan(buffers: list[Buffer], method: str, time_limit: float) -> tuple[int, float, str]:
+    result = solve_allocation(buffers, time_limit=time_limit, method=method)
+    validate(buffers, result.offsets)
+    return result.height, result.wall_s, result.status
+
+
+def omnimalloc_peers(time_limit: float) -> dict[str, object]:
+    """omnimalloc allocators by name (None if omnimalloc is not installed)."""
+    try:
+        from omnimalloc import allocators as om
+    except ImportError:
+        return {}
+    return {
+        "omni": om.OmniAllocator(),                       # its default: C++ greedy portfolio
+        "greedy_by_all": om.GreedyByAllAllocator(),
+        "telamalloc": om.TelamallocAllocator(timeout=time_limit),
+        "supermalloc": om.SupermallocAllocator(timeout=time_limit),
+    }
+
+
+def run_omnimalloc(allocator, buffers: list[Buffer]) -> tuple[int | None, float, str]:
+    from omnimalloc import Allocation
+    allocations = tuple(Allocation(id=i, size=b.size, start=b.lower, end=b.upper) for i, b in enumerate(buffers))
+    start = time.monotonic()
+    try:
+        placed = allocator.allocate(allocations)
+    except Exception as exc:  # a peer failing is a result, not a crash of the benchmark
+        return None, time.monotonic() - start, f"error: {type(exc).__name__}"
+    wall = time.monotonic() - start
+    offsets = [0] * len(buffers)
+    for a in placed:
+        offsets[a.id] = a.offset
+    try:
+        validate(buffers, offsets)
+    except ValueError:
+        return None, wall, "invalid"
+    return max((o + b.size for o, b in zip(offsets, buffers)), default=0), wall, ""
+
+
+# ----------------------------------------------------------------------------- table
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per allocator per instance")
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller instances")
+    parser.add_argument("--only", default=None, help="substring filter on instance names")
+    parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the table as markdown")
+    args = parser.parse_args(argv)
+
+    peers = omnimalloc_peers(args.time_limit)
+    columns = ["memplan greedy", "memplan search"] + [f"omni {name}" for name in peers]
+    rows = []
+    for name, buffers in instances(args.quick).items():
+        if args.only and args.only not in name:
+            continue
+        bound = interval_lower_bound(buffers)
+        cells = {}
+        height, wall, status = run_memplan(buffers, "greedy", args.time_limit)
+        cells["memplan greedy"] = (height, wall, "")
+        height, wall, status = run_memplan(buffers, "search", args.time_limit)
+        cells["memplan search"] = (height, wall, status)
+        for peer_name, allocator in peers.items():
+            cells[f"omni {peer_name}"] = run_omnimalloc(allocator, buffers)
+        rows.append((name, len(buffers), bound, cells))
+        print(_row_text(rows[-1], columns), flush=True)
+
+    table = _markdown(rows, columns, args.time_limit)
+    print()
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+def _cell(height: int | None, bound: int, wall: float, note: str) -> str:
+    if height is None:
+        return f"{note} ({wall:.2f}s)"
+    over = 100.0 * (height - bound) / bound if bound else 0.0
+    return f"+{over:.2f}% ({wall:.2f}s)" + (f" {note}" if note in ("optimal",) else "")
+
+
+def _row_text(row, columns) -> str:
+    name, n, bound, cells = row
+    return f"{name:24s} n={n:5d} lb={bound:>10d} " + " | ".join(
+        f"{c}: {_cell(*cells[c][:1], bound, *cells[c][1:])}" for c in columns)
+
+
+def _markdown(rows, columns, time_limit: float) -> str:
+    lines = [f"Height above the interval lower bound (wall seconds); time limit {time_limit:g} s per allocator.",
+             "", "| instance | buffers | lower bound | " + " | ".join(columns) + " | best omnimalloc | memplan search vs best omni |",
+             "|---|---:|---:|" + "---:|" * (len(columns) + 2)]
+    for name, n, bound, cells in rows:
+        omni = [cells[c][0] for c in columns if c.startswith("omni") and cells[c][0] is not None]
+        best_omni = min(omni) if omni else None
+        ours = cells["memplan search"][0]
+        verdict = "-" if best_omni is None else ("lower" if ours < best_omni else "equal" if ours == best_omni else "higher")
+        lines.append(f"| {name} | {n} | {bound} | " + " | ".join(
+            _cell(cells[c][0], bound, cells[c][1], cells[c][2]) for c in columns)
+            + f" | {'-' if best_omni is None else best_omni} | {verdict} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
