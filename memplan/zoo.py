@@ -284,3 +284,19 @@ def build(name: str, **kw) -> Built:
     except KeyError:
         raise KeyError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}") from None
     return builder(**kw)
+
+
+def export_onnx(name: str, path, **kw) -> Built:
+    """Build family ``name`` and write it to ``path`` as ONNX (``torch.onnx.export``, dynamo
+    exporter, opset 20); returns the torch model and example inputs for comparison."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    model, inputs = build(name, **kw)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path), dynamo=True, verbose=False)
+    return model, inputs

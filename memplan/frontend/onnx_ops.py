@@ -319,6 +319,9 @@ def lower_swish(b, x):
 
 @onnx_op("PRelu")
 def lower_prelu(b, x, slope):
+    xs, ss = shape_of(x), shape_of(slope)
+    if len(ss) == 1 and len(xs) > 2 and ss[0] == xs[1] and ss[0] != xs[-1]:
+        slope = b.reshape(slope, [ss[0]] + [1] * (len(xs) - 2))  # opset < 7: one slope per channel
     neg = b.call("aten.lt.Tensor", x, _scalar(0, x))
     return b.call("aten.where.self", neg, b.call("aten.mul.Tensor", x, slope), x)
 
@@ -952,5 +955,6 @@ def _hardmax_axis(b, x, axis):
 
 # the neural-network half of the table registers itself on import
 import memplan.frontend.onnx_nn  # noqa: E402,F401
+import memplan.frontend.onnx_composite  # noqa: E402,F401
 
 __all__ = ["ONNX_OPS", "OnnxOp", "onnx_op", "lower_node", "supported_onnx_ops", "UnsupportedOpError"]

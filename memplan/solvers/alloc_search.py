@@ -68,9 +68,8 @@ class _CanonicalSearch:
     tie-break "lower rank first" is a plain integer comparison.
     """
 
-    def __init__(self, instance: PackingInstance, order: list[int], capacity: int):
+    def __init__(self, instance: PackingInstance, order: list[int]):
         self.order = order
-        self.capacity = capacity
         self.alignment = instance.alignment
         rank = {buf: r for r, buf in enumerate(order)}
         n = len(order)
@@ -80,19 +79,29 @@ class _CanonicalSearch:
         self.sections = [(section_of[instance.lowers[b]], section_of[instance.uppers[b]]) for b in order]
         self.neighbours = [np.array(sorted(rank[j] for j in instance.neighbours[b]), dtype=np.int64)
                            for b in order]
+        self.section_bytes = np.zeros(max(len(times) - 1, 1), dtype=np.int64)
+        for r, (s0, s1) in enumerate(self.sections):
+            self.section_bytes[s0:s1] += self.size[r]
+        # (section, rank) membership pairs sorted by section, for the floor inference
+        pairs = sorted((s, r) for r, (s0, s1) in enumerate(self.sections) for s in range(s0, s1))
+        self.member_rank = np.array([r for _, r in pairs], dtype=np.int64)
+        self.member_start = np.searchsorted(np.array([s for s, _ in pairs], dtype=np.int64),
+                                            np.arange(len(self.section_bytes) + 1))
+        self.section_hull = [(int(self.sections[r][0]), int(self.sections[r][1])) for r in range(n)]
+
+    def run(self, capacity: int, node_limit: int, deadline: float) -> SearchOutcome:
+        """One search from scratch: a packing within ``capacity``, a proof there is none, or a give-up."""
+        n = len(self.order)
+        self.capacity = capacity
+        self.node_limit = node_limit
+        self.deadline = deadline
         self.min_offset = np.zeros(n, dtype=np.int64)
         self.placed = np.zeros(n, dtype=bool)
         self.offsets = np.full(n, -1, dtype=np.int64)
-        self.floor = np.zeros(max(len(times) - 1, 1), dtype=np.int64)
-        self.unplaced_bytes = np.zeros_like(self.floor)
-        for r, (s0, s1) in enumerate(self.sections):
-            self.unplaced_bytes[s0:s1] += self.size[r]
+        self.floor = np.zeros_like(self.section_bytes)
+        self.unplaced_bytes = self.section_bytes.copy()
         self.nodes = 0
         self.solution: list[int] | None = None
-
-    def run(self, node_limit: int, deadline: float) -> SearchOutcome:
-        self.node_limit = node_limit
-        self.deadline = deadline
         if len(self.order) == 0:
             return SearchOutcome(FOUND, [], 0)
         if int(self.unplaced_bytes.max()) > self.capacity:   # the interval bound already says no
@@ -110,8 +119,11 @@ class _CanonicalSearch:
             offsets[buf] = int(self.solution[r])
         return SearchOutcome(FOUND, offsets, self.nodes)
 
-    def _candidates(self, last_offset: int, last_rank: int) -> np.ndarray | None:
-        """Unplaced ranks to branch on, by (minimum offset, rank); None when all are placed."""
+    def _candidates(self, last_offset: int, last_rank: int) -> list[int] | None:
+        """Unplaced ranks worth branching on, by (minimum offset, rank); None when all are placed.
+
+        Keeps the canonical ones that pass dominance and the section inference.
+        """
         unplaced = np.flatnonzero(~self.placed)
         if len(unplaced) == 0:
             return None
@@ -119,7 +131,46 @@ class _CanonicalSearch:
         lowest_top = int((offset + self.size[unplaced]).min())
         keep = (offset < lowest_top) & ((offset > last_offset) | ((offset == last_offset) & (unplaced >= last_rank)))
         kept, kept_offset = unplaced[keep], offset[keep]
-        return kept[np.lexsort((kept, kept_offset))]
+        sort = np.lexsort((kept, kept_offset))
+        return self._feasible(kept[sort].tolist(), kept_offset[sort].tolist())
+
+    def _feasible(self, ranks: list[int], offsets: list[int]) -> list[int]:
+        """The candidates whose placement passes the section inference.
+
+        Placing rank r at offset o leaves, in each section s, ``unplaced[s]``
+        bytes to fit above ``max(floor[s], o)`` (later offsets never go
+        lower); inside r's sections the floor becomes r's top, so the test is
+        ``o + unplaced[s] <= C`` there, and outside it only bites where the
+        floor is below o. Checked here without placing anything.
+        """
+        slack = self.capacity - self.unplaced_bytes   # highest offset each section tolerates
+        passing, outside_bad = [], {}
+        for r, o in zip(ranks, offsets):
+            if o not in outside_bad:
+                bad = np.flatnonzero((slack < o) & (self.floor < o))
+                outside_bad[o] = (int(bad[0]), int(bad[-1])) if len(bad) else None
+            s0, s1 = self.sections[r]
+            bad_range = outside_bad[o]
+            if bad_range is not None and (bad_range[0] < s0 or bad_range[1] >= s1):
+                continue
+            if int(slack[s0:s1].min()) < o:
+                continue
+            passing.append(r)
+        return passing
+
+    def _floors_hold(self, offset: int, s0: int, s1: int) -> bool:
+        """MiniMalloc's floor inference on sections ``[s0, s1)``.
+
+        No unplaced buffer of a section goes below its minimum offset, so
+        the bytes left in the section must fit above the lowest of those.
+        """
+        lo, hi = self.member_start[s0], self.member_start[s1]
+        ranks = self.member_rank[lo:hi]
+        starts = self.member_start[s0:s1] - lo
+        lowest = np.minimum.reduceat(np.where(self.placed[ranks], self.capacity, self.min_offset[ranks]), starts)
+        left = self.unplaced_bytes[s0:s1]
+        need = np.maximum(np.maximum(lowest, offset), self.floor[s0:s1]) + left
+        return not bool(((need > self.capacity) & (left > 0)).any())
 
     def _search(self, last_offset: int, last_rank: int) -> str:
         self.nodes += 1
@@ -131,19 +182,18 @@ class _CanonicalSearch:
         if candidates is None:
             self.solution = self.offsets.tolist()
             return FOUND
-        for r in candidates.tolist():
-            status = self._try(r)
+        for r in candidates:
+            status = self._place_and_recurse(r)
             if status != INFEASIBLE:
                 return status
         return INFEASIBLE
 
-    def _try(self, r: int) -> str:
-        """Place rank ``r`` at its minimum offset, check, recurse, undo."""
+    def _place_and_recurse(self, r: int) -> str:
+        """Place rank ``r`` at its minimum offset, search on, then undo."""
         offset = int(self.min_offset[r])
         top = offset + int(self.size[r])
         s0, s1 = self.sections[r]
-        # raise the minimum offset of unplaced conflicting buffers
-        nbrs = self.neighbours[r]
+        nbrs = self.neighbours[r]                 # conflicting buffers now start at r's top or above
         aligned_top = align_up(top, self.alignment)
         raised = nbrs[~self.placed[nbrs] & (self.min_offset[nbrs] < aligned_top)]
         old_min = self.min_offset[raised]
@@ -153,10 +203,12 @@ class _CanonicalSearch:
         self.unplaced_bytes[s0:s1] -= self.size[r]
         self.placed[r] = True
         self.offsets[r] = offset
-        # inference: what is left in each section must fit between its floor and the capacity
-        status = INFEASIBLE
-        if int((np.maximum(self.floor, offset) + self.unplaced_bytes).max()) <= self.capacity:
+        hull0 = min([s0] + [self.sections[j][0] for j in raised.tolist()])
+        hull1 = max([s1] + [self.sections[j][1] for j in raised.tolist()])
+        if self._floors_hold(offset, hull0, hull1):
             status = self._search(offset, r)
+        else:
+            status = INFEASIBLE
         self.placed[r] = False
         self.offsets[r] = -1
         self.unplaced_bytes[s0:s1] += self.size[r]
@@ -172,7 +224,7 @@ def search_packing(instance: PackingInstance, capacity: int, order: list[int],
     Returns ``found`` with offsets, ``infeasible`` (a proof), or
     ``node-limit`` / ``timeout`` when it gave up first.
     """
-    return _CanonicalSearch(instance, order, capacity).run(node_limit, deadline)
+    return _CanonicalSearch(instance, order).run(capacity, node_limit, deadline)
 
 
 @dataclass
@@ -201,7 +253,7 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
     best, height = incumbent, instance.height(incumbent)
     low = lower_bound
     outcome = MinimizeOutcome(best, height, low, False)
-    orders = preorders(instance)
+    searches = {name: _CanonicalSearch(instance, order) for name, order in preorders(instance).items()}
     node_limit = max(len(instance), 32)
     while height > max(low, stop_at) and time.monotonic() < deadline:
         if capacities != "ladder" and low > stop_at:
@@ -215,8 +267,8 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
         for capacity in targets:
             if not (low <= capacity < height):
                 continue
-            for name, order in orders.items():
-                run = search_packing(instance, capacity, order, node_limit, deadline)
+            for name, search in searches.items():
+                run = search.run(capacity, node_limit, deadline)
                 outcome.nodes += run.nodes
                 if run.status == FOUND:
                     best, height = run.offsets, instance.height(run.offsets)
