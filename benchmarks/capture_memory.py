@@ -6,6 +6,8 @@ weights and inputs resident before the call) of
 
 - eager PyTorch (``model(*inputs)`` under no_grad),
 - memplan's emitted Python (``memplan.compile(model, inputs)``),
+- memplan's emitted Python for the same model exported to ONNX
+  (``torch.onnx.export(..., dynamo=True)`` then ``memplan.compile(path)``),
 
 and prints them beside memplan's planned peak, with the max abs difference
 of the outputs. Run::
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,17 +46,25 @@ def measure_family(name: str, kwargs: dict) -> dict:
     emitted = timeline_peak(cm, *inputs)
     diff = (emitted["result"] - reference).abs().max().item()
     label = name + "".join(f" {k}={v}" for k, v in kwargs.items())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        zoo.export_onnx(name, path, **kwargs)
+        cm_onnx = memplan.compile(str(path), inputs)
+        via_onnx = timeline_peak(cm_onnx, *inputs)
+        diff = max(diff, (via_onnx["result"] - reference).abs().max().item())
     return {"model": label, "nodes": len(cm.graph.nodes), "eager": eager, "memplan": emitted["activation_peak"],
-            "planned": cm.plan.stats["peak_bytes"], "max_abs_diff": diff, "compile_s": compile_s}
+            "planned": cm.plan.stats["peak_bytes"], "onnx": via_onnx["activation_peak"],
+            "onnx_planned": cm_onnx.plan.stats["peak_bytes"], "max_abs_diff": diff, "compile_s": compile_s}
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| model | IR nodes | eager activation peak | memplan emitted code | planned peak | "
+    lines = ["| model | IR nodes | eager | memplan (torch path) | planned | memplan (ONNX path) | planned (ONNX) | "
              "max abs diff | compile |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['nodes']} | {r['eager'] / MiB:.2f} MiB | {r['memplan'] / MiB:.2f} MiB | "
-                     f"{r['planned'] / MiB:.2f} MiB | {r['max_abs_diff']:.1e} | {r['compile_s']:.1f} s |")
+                     f"{r['planned'] / MiB:.2f} MiB | {r['onnx'] / MiB:.2f} MiB | {r['onnx_planned'] / MiB:.2f} MiB | "
+                     f"{r['max_abs_diff']:.1e} | {r['compile_s']:.1f} s |")
     return "\n".join(lines)
 
 

@@ -325,6 +325,7 @@ class Importer:
         self.const_params: dict[int, tuple[torch.Tensor, Value]] = {}
         self.const_names: dict[int, str] = {}
         self.input_names: dict[str, str] = {}  # IR value name -> onnx graph input name
+        self.keep_alive: list[torch.Tensor] = []  # named folded constants (their ids key const_names)
 
     def materialize(self, t: torch.Tensor, hint: str = "const") -> Value:
         """The param holding constant ``t`` (one param per constant tensor object)."""
@@ -406,9 +407,9 @@ class NodeBuilder:
         opdef = lookup(op, node=self.name, source=self.name)
         if not _has_value((args, kwargs)):
             result = opdef.impl(*args, **kwargs)
-            if isinstance(result, torch.Tensor):
-                return result
-            return tuple(flatten_outputs(result))
+            outs = [result] if isinstance(result, torch.Tensor) else flatten_outputs(result)
+            self._name_folded(op, (args, kwargs), outs)
+            return result if isinstance(result, torch.Tensor) else tuple(outs)
         args = _map_tensors(args, self.importer.materialize)
         kwargs = _map_tensors(kwargs, self.importer.materialize)
         probe = Node("probe", op, tuple(args), dict(kwargs), (), self.name, f"onnx::{self.op_type}")
@@ -429,6 +430,26 @@ class NodeBuilder:
         if single or (schema is None and len(outs) == 1 and not getattr(opdef.impl, "returns_sequence", False)):
             return outs[0]
         return tuple(outs)
+
+    def _name_folded(self, op: str, args, outs) -> None:
+        """Name a folded constant after the named constant it derives from (``fc.weight_permute``)."""
+        names = self.importer.const_names
+        source = None
+        stack = [args]
+        while stack and source is None:
+            a = stack.pop(0)
+            if isinstance(a, torch.Tensor):
+                source = names.get(id(a))
+            elif isinstance(a, (list, tuple)):
+                stack.extend(a)
+            elif isinstance(a, dict):
+                stack.extend(a.values())
+        if source is None:
+            return
+        short = op.split(".")[1] if op.count(".") >= 2 else op
+        for t in outs:
+            names.setdefault(id(t), f"{source}_{short}")
+            self.importer.keep_alive.append(t)
 
     def cast(self, x, dtype: torch.dtype):
         """``x`` converted to ``dtype`` (no node if it already has it)."""
@@ -460,7 +481,11 @@ def attributes(node) -> dict:
             out[a.name] = a  # a sub-graph; op lowerings that take one decide
             continue
         value = onnx.helper.get_attribute_value(a)
-        if isinstance(value, bytes):
+        if a.type == onnx.AttributeProto.FLOAT:
+            value = _f32(value)
+        elif a.type == onnx.AttributeProto.FLOATS:
+            value = [_f32(v) for v in value]
+        elif isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         elif isinstance(value, onnx.TensorProto):
             value = tensor_from_proto(value, f"attribute {a.name} of node {node.name!r}")
@@ -468,6 +493,12 @@ def attributes(node) -> dict:
             value = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
         out[a.name] = value
     return out
+
+
+def _f32(v: float) -> float:
+    """An ONNX float attribute (float32) as the shortest Python float that rounds to it (1e-05, not
+    9.999999747378752e-06)."""
+    return float(str(np.float32(v)))
 
 
 # ---------------------------------------------------------------- the import

@@ -160,6 +160,9 @@ def lower_max_pool(b, x):
         kernel, strides, dilations, pad = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0][0]]
     else:
         pad = [p[0] for p in pads]
+    if not want_indices and n != 3:
+        y = b.call("aten.max_pool2d.default", xin, kernel, strides, pad, dilations, ceil)
+        return b.reshape(y, [shape[0], shape[1], shape_of(y)[-1]]) if n == 1 else y
     op = "aten.max_pool3d_with_indices.default" if n == 3 else "aten.max_pool2d_with_indices.default"
     y, idx = b.call(op, xin, kernel, strides, pad, dilations, ceil)
     if n == 1:

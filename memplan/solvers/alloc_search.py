@@ -240,48 +240,62 @@ class MinimizeOutcome:
 
 
 def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound: int,
-                    stop_at: int, deadline: float, capacities: str = "ladder") -> MinimizeOutcome:
-    """Lower the height of ``incumbent`` by repeated canonical searches.
+                    stop_at: int, deadline: float, fixed_capacity: bool = False) -> MinimizeOutcome:
+    """Lower the height of ``incumbent`` by repeated canonical searches until ``deadline``.
 
-    Each round doubles the node limit and, for each capacity to try (the
-    lower bound first; with ``capacities="ladder"`` also points between it
-    and the incumbent's height), runs the search in each preorder until one
-    finds a packing (the new incumbent) or proves the capacity infeasible
-    (the proven bound rises). Stops once the height is ``<= stop_at``, the
-    bounds meet, or ``deadline`` (``time.monotonic()``) passes.
+    Two kinds of runs alternate, each trying the preorders in turn until one
+    finds a packing (the new incumbent) or proves its capacity infeasible
+    (the proven bound rises):
+
+    - an *exact* attempt at the lowest capacity not yet ruled out (the lower
+      bound at first), with a node limit that doubles every round: this is
+      what solves tight instances, whose optimum is the bound;
+    - a few *descent* steps at ``height - step`` with a small node limit;
+      the step doubles after a success and halves after a give-up.
+
+    With ``fixed_capacity``, only exact attempts at ``stop_at`` run (the
+    feasibility question). Stops once the height is ``<= stop_at``, the bounds
+    meet, or ``deadline`` (a ``time.monotonic()`` value) passes.
     """
-    best, height = incumbent, instance.height(incumbent)
-    low = lower_bound
-    outcome = MinimizeOutcome(best, height, low, False)
+    outcome = MinimizeOutcome(incumbent, instance.height(incumbent), lower_bound, False)
     searches = {name: _CanonicalSearch(instance, order) for name, order in preorders(instance).items()}
-    node_limit = max(len(instance), 32)
-    while height > max(low, stop_at) and time.monotonic() < deadline:
-        if capacities != "ladder" and low > stop_at:
-            break                                   # the capacity asked for is proven infeasible
-        node_limit *= 2
-        gap = height - low
-        if capacities == "ladder":
-            targets = sorted({low, low + gap // 8, low + gap // 4, low + gap // 2, height - 1})
-        else:
-            targets = [max(low, stop_at)]
-        for capacity in targets:
-            if not (low <= capacity < height):
-                continue
-            for name, search in searches.items():
-                run = search.run(capacity, node_limit, deadline)
-                outcome.nodes += run.nodes
-                if run.status == FOUND:
-                    best, height = run.offsets, instance.height(run.offsets)
-                    outcome.improved = True
-                    outcome.log.append(f"search[{name}] packed in {height} <= {capacity} ({run.nodes} nodes)")
-                    break
-                if run.status == INFEASIBLE:
-                    low = capacity + 1
-                    outcome.log.append(f"search[{name}] proved {capacity} infeasible ({run.nodes} nodes)")
-                    break
-                if run.status == TIMEOUT:
-                    break
-            if time.monotonic() >= deadline or height <= max(low, stop_at):
+    n = len(instance)
+    exact_limit, descent_limit = 2 * n + 64, 2 * n + 64
+    step = max((outcome.height - lower_bound) // 32, 1)
+
+    def attempt(capacity: int, node_limit: int) -> str:
+        for name, search in searches.items():
+            run = search.run(capacity, node_limit, deadline)
+            outcome.nodes += run.nodes
+            if run.status == FOUND:
+                outcome.offsets, outcome.height = run.offsets, instance.height(run.offsets)
+                outcome.improved = True
+                outcome.log.append(f"search[{name}] packed in {outcome.height} <= {capacity} ({run.nodes} nodes)")
+                return FOUND
+            if run.status == INFEASIBLE:
+                outcome.proven_lower = max(outcome.proven_lower, capacity + 1)
+                outcome.log.append(f"search[{name}] proved {capacity} infeasible ({run.nodes} nodes)")
+                return INFEASIBLE
+            if run.status == TIMEOUT:
+                return TIMEOUT
+        return NODE_LIMIT
+
+    def done() -> bool:
+        return (outcome.height <= max(outcome.proven_lower, stop_at) or time.monotonic() >= deadline
+                or (fixed_capacity and outcome.proven_lower > stop_at))
+
+    while not done():
+        attempt(stop_at if fixed_capacity else outcome.proven_lower, exact_limit)
+        exact_limit *= 2
+        for _ in range(0 if fixed_capacity else 6):
+            if done():
                 break
-    outcome.offsets, outcome.height, outcome.proven_lower = best, height, low
+            target = max(outcome.proven_lower, outcome.height - step)
+            status = attempt(target, descent_limit)
+            if status == FOUND:
+                step *= 2
+            elif status == NODE_LIMIT:
+                step = max(step // 2, 1)
+                if step == 1:
+                    descent_limit *= 2
     return outcome

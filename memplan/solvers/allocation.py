@@ -235,7 +235,7 @@ def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capa
         else:
             run = minimize_height(sub, sub_offsets, sub_bound, stop_at=goal,
                                   deadline=time.monotonic() + share,
-                                  capacities="ladder" if capacity is None else "fixed")
+                                  fixed_capacity=capacity is not None)
             log.append(f"search on component of {len(group)} buffers: height {heights[k]} -> {run.height} "
                        f"(bound {run.proven_lower}, {run.nodes} nodes)")
             log.extend(f"  {line}" for line in run.log[-5:])

@@ -56,12 +56,13 @@ def _floating_source_ok(problem: ScheduleProblem, s: int, out: list[int]) -> boo
     return all(extra <= out[w] + problem.temp[w] for w in problem.succs[s])
 
 
-def find_segments(problem: ScheduleProblem, attach_sinks: bool = False) -> Decomposition:
+def find_segments(problem: ScheduleProblem, attach: bool = False) -> Decomposition:
     """Split ``problem`` at its cut vertices (see the module docstring).
 
-    ``attach_sinks``: also set aside sinks (nodes nobody depends on, such as weight
-    gradients) and run each in the segment of its last predecessor. This finds
-    many more cuts in training graphs but may lose optimal orders (``exact=False``).
+    ``attach``: also set aside sinks (nodes nobody depends on, such as weight
+    gradients) and isolated nodes, and run each sink in the segment of its last
+    predecessor, each isolated node in the last segment. This finds many more cuts
+    in training graphs but may lose optimal orders (``exact=False``).
     """
     n = problem.n
     if n == 0:
@@ -75,10 +76,11 @@ def find_segments(problem: ScheduleProblem, attach_sinks: bool = False) -> Decom
     floating: dict[int, str] = {}
     for v in range(n):
         if not deps[v] and not succs[v]:
-            floating[v] = "isolated"
+            if attach:
+                floating[v] = "isolated"
         elif not deps[v] and _floating_source_ok(problem, v, out):
             floating[v] = "source"
-    if attach_sinks:
+    if attach:
         for v in range(n):
             if deps[v] and not succs[v] and not any(p in floating for p in deps[v]):
                 floating[v] = "sink"

@@ -10,12 +10,15 @@ heuristic; the result carries an order-independent lower bound, the gap to it
 and per-segment statistics.
 
 >>> from memplan.solvers.scheduling import Buf, ScheduleProblem, solve_schedule
->>> # two branches a0 -> a1 and b0 -> b1, each with a big intermediate, joined by node 4
->>> p = ScheduleProblem(5, [[], [0], [], [2], [1, 3]],
-...                     [Buf(10, 0, (1,)), Buf(1, 1, (4,)), Buf(10, 2, (3,)), Buf(1, 3, (4,)), Buf(1, 4, keep=True)])
+>>> # two branches a0 -> a1 and b0 -> b1, each with a big intermediate, joined by node 4;
+>>> # the given order 0..4 starts both branches at once
+>>> p = ScheduleProblem(5, [[], [], [0], [1], [2, 3]],
+...                     [Buf(10, 0, (2,)), Buf(10, 1, (3,)), Buf(1, 2, (4,)), Buf(1, 3, (4,)), Buf(1, 4, keep=True)])
+>>> peak_of(p, [0, 1, 2, 3, 4])
+21
 >>> r = solve_schedule(p, time_limit=5)
->>> r.peak, r.lower_bound, r.status
-(11, 11, 'OPTIMAL')
+>>> r.order, r.peak, r.lower_bound, r.status
+([0, 2, 1, 3, 4], 12, 12, 'OPTIMAL')
 """
 from __future__ import annotations
 
@@ -168,14 +171,14 @@ def solve_schedule(problem: ScheduleProblem, time_limit: float = 10.0, method: s
 
 
 def _choose_decomposition(problem: ScheduleProblem, attach_sinks: bool | None) -> Decomposition:
-    """The exact decomposition, unless attaching sinks is asked for or shrinks a too-large segment."""
+    """The exact decomposition, unless attaching is asked for or shrinks a too-large segment."""
     exact = find_segments(problem)
     if attach_sinks is False:
         return exact
     largest = max((len(s) for s in exact.segments), default=0)
     if attach_sinks is None and largest <= EXACT_MAX_NODES:
         return exact
-    loose = find_segments(problem, attach_sinks=True)
+    loose = find_segments(problem, attach=True)
     if attach_sinks or max((len(s) for s in loose.segments), default=0) < largest:
         return loose
     return exact
@@ -221,7 +224,8 @@ def _solve_segments(problem: ScheduleProblem, dec: Decomposition, heur_order: li
         top = max(shapes.values(), key=lambda s: s.value, default=None)
         if top is None or remaining < 0.05 or top.value <= whole_bound() or top.proven or top.attempts >= 2:
             break
-        budget = min(remaining, max(1.0, 0.5 * remaining))
+        contenders = sum(1 for s in shapes.values() if s.value > whole_bound())
+        budget = remaining if contenders == 1 else min(remaining, max(1.0, 0.5 * remaining))
         top.attempts += 1
         if top.sub.n <= EXACT_MAX_NODES:
             res = solve_exact(top.sub, top.order, budget, workers, top.bound)
