@@ -4,6 +4,8 @@
 
 Instances (all generated here, seeded, so every run sees the same ones):
 
+- ``zoo:*``: activation lifetimes of memplan's model zoo (GPT-2, BERT,
+  ResNet-50, UNet) captured with torch.export, in graph order.
 - ``model:*``: lifetimes of model-like graphs: a chain of ops whose outputs
   are read by the next op and by skip connections (ResNet-style short skips,
   UNet-style encoder -> decoder skips, transformer blocks with a residual
@@ -172,9 +174,37 @@ def sweep_tiling_instance(n: int, height: int, seed: int, end_prob: float = 0.3,
     return [Buffer(str(i), t0, t1, size) for i, (t0, t1, size) in enumerate(done)]
 
 
-def instances(quick: bool) -> dict[str, list[Buffer]]:
+def zoo_instances(quick: bool) -> dict[str, list[Buffer]]:
+    """Activation buffers of memplan's model zoo, captured with torch.export, in graph order.
+
+    A value live from step ``start`` to step ``end`` (inclusive) is a buffer
+    ``[start, end + 1)``; views share their base's buffer (liveness does that).
+    """
+    import warnings
+
+    from memplan import zoo
+    from memplan.frontend.torch_export import from_torch
+    from memplan.passes.liveness import liveness
+
+    wanted = [("gpt2-2L", "gpt2", {}), ("bert-2L", "bert", {}), ("resnet50", "resnet50", {}), ("unet", "unet", {})]
+    if not quick:
+        wanted.insert(1, ("gpt2-12L", "gpt2", {"n_layer": 12}))
+    out = {}
+    for label, family, kwargs in wanted:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, example = zoo.build(family, **kwargs)
+            graph = from_torch(model, example, name=family)
+        live = liveness(graph)
+        out[f"zoo:{label}"] = [Buffer(r.value, r.start, r.end + 1, r.nbytes)
+                               for r in live.ranges.values() if r.nbytes > 0]
+    return out
+
+
+def instances(quick: bool, with_zoo: bool = True) -> dict[str, list[Buffer]]:
     """The benchmark's instances by name."""
-    out = {
+    out = zoo_instances(quick) if with_zoo else {}
+    out |= {
         "model:resnet-chain": model_chain("res", 400, 3, 3, seed=1),
         "model:unet": model_unet(levels=5, convs_per_level=6, seed=2),
         "model:transformer-12L": model_transformer(12, seq=256, hidden=768, heads=12, seed=3),
@@ -241,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per allocator per instance")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller instances")
+    parser.add_argument("--no-zoo", action="store_true", help="skip the torch-captured model graphs")
     parser.add_argument("--only", default=None, help="substring filter on instance names")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the table as markdown")
     args = parser.parse_args(argv)
@@ -248,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = omnimalloc_peers(args.time_limit)
     columns = ["memplan greedy", "memplan search"] + [f"omni {name}" for name in peers]
     rows = []
-    for name, buffers in instances(args.quick).items():
+    for name, buffers in instances(args.quick, with_zoo=not args.no_zoo).items():
         if args.only and args.only not in name:
             continue
         bound = interval_lower_bound(buffers)

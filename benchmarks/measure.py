@@ -11,92 +11,15 @@ families: parameter MiB, eager forward peak and activation peak (no_grad).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import tempfile
 import time
-import warnings
 from typing import Any, Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from memplan.profiling import timeline_peak  # noqa: F401  (re-exported)
 
 MiB = 2**20
-
-# Column order of the sizes in ``export_memory_timeline``'s JSON: slot 0 is
-# unused, slots 1.. follow torch.profiler._memory_profiler._CATEGORY_TO_INDEX.
-_CATEGORIES = ("PARAMETER", "OPTIMIZER_STATE", "INPUT", "TEMPORARY", "ACTIVATION",
-               "GRADIENT", "AUTOGRAD_DETAIL", "UNKNOWN")
-_PREEXISTING = 1  # Action.PREEXISTING in the raw timeline export
-
-
-def _category_names() -> tuple[str, ...]:
-    """Category names in timeline column order (slot 0 excluded)."""
-    try:
-        from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX
-    except ImportError:  # private module moved: fall back to torch 2.13's order
-        return _CATEGORIES
-    order = sorted(_CATEGORY_TO_INDEX, key=_CATEGORY_TO_INDEX.__getitem__)
-    return tuple("UNKNOWN" if c is None else c.name for c in order)
-
-
-def timeline_peak(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
-    """Peak CPU memory of ``fn(*args)`` from the profiler's memory timeline.
-
-    Runs ``fn(*args)`` once under ``torch.profiler.profile(activities=[CPU],
-    profile_memory=True, record_shapes=True, with_stack=True)`` and exports the
-    memory timeline for ``device="cpu"``. Returns a dict (bytes):
-
-    - ``peak``: the largest total over all timeline samples;
-    - ``baseline``: bytes of tensors that existed before the call and that the
-      call touched (the timeline's PREEXISTING entries; 0 if there are none);
-    - ``activation_peak``: ``peak - baseline``;
-    - ``by_category``: the peak sample split by the profiler's categories
-      (PARAMETER, INPUT, ACTIVATION, TEMPORARY, GRADIENT, ..., UNKNOWN);
-    - ``result``: what ``fn`` returned.
-
-    What the timeline counts (checked with torch 2.13, CPU):
-
-    - Only tensors the profiler sees: those allocated during the call, and
-      pre-existing tensors that some recorded aten op reads or writes.
-      A pre-existing tensor the call never touches is *not* counted, e.g. an
-      unused pooler, or a 8 MiB tensor sitting in the caller's scope.
-    - Eager ``nn.Module`` call: every parameter and buffer the forward uses
-      (category PARAMETER / INPUT) and the inputs are in ``baseline``; the
-      output stays alive after the call, so it is part of ``peak``. This
-      agrees with ``torch.distributed._tools.mem_tracker.MemTracker`` to
-      within a few bytes (the timeline also sees 4-byte scalar temporaries):
-      GPT-2 2L/256, batch 1, seq 128: 58.86 MiB both under no_grad, 63.74 MiB
-      both with grad. (MEASURING.md's 59.4 MiB is with ``use_cache=True``,
-      whose returned KV cache adds 0.5 MiB; the zoo disables the cache.)
-    - Plain function: tensor arguments it reads are in ``baseline`` (category
-      UNKNOWN, not INPUT); everything it allocates counts toward ``peak``
-      until freed.
-    - ``torch.compile``d code: parameters consumed by compiled kernels are
-      not seen, so ``baseline``/``peak`` drop them; compare
-      ``activation_peak`` across eager and compiled, never ``peak``.
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                 record_shapes=True, with_stack=True) as prof:
-        result = fn(*args)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # export_memory_timeline is deprecated
-        curve_path, raw_path = os.path.join(tmp, "tl.json"), os.path.join(tmp, "tl.raw.json")
-        prof.export_memory_timeline(curve_path, device="cpu")
-        prof.mem_tl.export_memory_timeline_raw(raw_path, "cpu")  # set by the call above
-        with open(curve_path) as f:
-            _, sizes = json.load(f)
-        with open(raw_path) as f:
-            raw = json.load(f)
-    totals = [sum(s) for s in sizes] or [0]
-    at_peak = max(range(len(totals)), key=totals.__getitem__)
-    peak = totals[at_peak]
-    baseline = sum(nbytes for _, action, nbytes, _ in raw if action == _PREEXISTING)
-    by_category = dict(zip(_category_names(), sizes[at_peak][1:])) if sizes else {}
-    return {"peak": peak, "baseline": baseline, "activation_peak": peak - baseline,
-            "by_category": by_category, "result": result}
-
 
 def eager_activation_peak(model: torch.nn.Module, inputs: tuple) -> int:
     """Activation peak in bytes of the eager forward ``model(*inputs)`` under

@@ -53,13 +53,23 @@ class Plan:
         """A human-readable page: peak vs. baselines, what is live at the peak, pass timings."""
         s = self.stats
         lines = [f"plan for graph {self.graph!r} on target {self.target!r}: {len(self.schedule)} steps"]
+        if "planned_peak_bytes" in s:
+            lines.append(f"  planned peak            : {format_bytes(s['planned_peak_bytes'])} = arena "
+                         f"{format_bytes(s['arena_bytes'])} + outside the arena "
+                         f"{format_bytes(s['outside_arena_bytes'])} (outputs, scratch)")
         if "peak_bytes" in s:
-            lines.append(f"  planned activation peak : {format_bytes(s['peak_bytes'])} "
+            lines.append(f"  live-bytes peak of order: {format_bytes(s['peak_bytes'])} "
                          f"(at step {s.get('peak_step')}, {s.get('peak_node', '')})")
         if "topological_peak_bytes" in s:
-            lines.append(f"  topological-order peak  : {format_bytes(s['topological_peak_bytes'])}")
+            lines.append(f"  topological-order peak  : {format_bytes(s['topological_peak_bytes'])} "
+                         f"(eager order){_saved(s['topological_peak_bytes'], s.get('peak_bytes'))}")
+        if "heuristic_peak_bytes" in s:
+            lines.append(f"  best heuristic order    : {format_bytes(s['heuristic_peak_bytes'])}")
         if "lower_bound_bytes" in s:
-            lines.append(f"  lower bound             : {format_bytes(s['lower_bound_bytes'])}")
+            lines.append(f"  lower bound (any order) : {format_bytes(s['lower_bound_bytes'])}")
+        if "arena_lower_bound_bytes" in s:
+            lines.append(f"  arena lower bound       : {format_bytes(s['arena_lower_bound_bytes'])} "
+                         "(max bytes live at once in this order)")
         if "resident_bytes" in s:
             lines.append(f"  inputs + weights        : {format_bytes(s['resident_bytes'])} (resident)")
         if "memory_budget" in s and s["memory_budget"] is not None:
@@ -69,6 +79,10 @@ class Plan:
             for item in s["live_at_peak"][:5]:
                 lines.append(f"    %{item['value']:<24} {format_bytes(item['bytes']):>12}  "
                              f"steps {item['start']}..{item['end']}  {item.get('source', '')}")
+        for solve in s.get("solves", []):
+            lines.append(f"  solver {solve['pass']:<9}: {solve['method']}, {solve['status']}, objective "
+                         f"{format_bytes(solve['objective'])}, bound {format_bytes(solve['bound'])}, "
+                         f"gap {100 * solve['gap']:.2f}%, {solve['wall_s'] * 1000:.0f} ms")
         if s.get("pass_seconds"):
             lines.append("  compile time per pass:")
             for name, sec in s["pass_seconds"].items():
@@ -77,3 +91,9 @@ class Plan:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _saved(before: int, after: int | None) -> str:
+    if after is None or before <= 0 or after >= before:
+        return ""
+    return f"; memory reduced from {format_bytes(before)} to {format_bytes(after)} (-{100 * (1 - after / before):.1f}%)"

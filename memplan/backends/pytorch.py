@@ -17,7 +17,9 @@ import linecache
 
 
 from memplan.ir.graph import Graph, Value
-from memplan.ir.ops import lookup
+from memplan.ir.ops import lookup, out_variant
+from memplan.ir.types import DTYPES
+from memplan.passes.layout import contiguous_strides, eager_strides, is_dense
 from memplan.ir.printer import format_call
 from memplan.plan import Plan
 from memplan.units import format_bytes
@@ -59,10 +61,78 @@ def _short_op(name: str) -> str:
 
 
 def emit_python(graph: Graph, plan: Plan) -> str:
-    """Python source of ``run(weights, *inputs)`` executing ``plan`` on ``graph``."""
+    """Python source of ``run(weights, *inputs)`` executing ``plan`` on ``graph``.
+
+    With an allocation in the plan, every intermediate lives in one arena
+    allocated per run (``torch.empty(arena_bytes, dtype=torch.uint8)``): each
+    op writes into its planned slot through its aten ``out=`` variant, or, if
+    it has none, its result is copied into the slot (the plan counts that
+    result as scratch of the step). Graph outputs are allocated on their own
+    so they never pin or alias the arena. Without an allocation, values are
+    dropped at their last use instead.
+    """
     names = _Names()
     by_name = {n.name: n for n in graph.nodes}
     order = plan.schedule or [n.name for n in graph.nodes]
+    offsets = {name: off for tier in plan.allocation.values() for name, off in tier.items()}
+    use_arena = bool(plan.allocation)
+
+    s = plan.stats
+    lines = [f"# memplan: graph {graph.name!r} on target {plan.target!r}, {len(order)} steps"]
+    if "planned_peak_bytes" in s:
+        lines.append(f"# planned peak {format_bytes(s['planned_peak_bytes'])}: arena "
+                     f"{format_bytes(s['arena_bytes'])} + outputs and scratch {format_bytes(s['outside_arena_bytes'])}; "
+                     f"inputs + weights {format_bytes(s.get('resident_bytes', 0))}")
+    elif "peak_bytes" in s:
+        lines.append(f"# planned activation peak {format_bytes(s['peak_bytes'])}; "
+                     f"inputs + weights {format_bytes(s.get('resident_bytes', 0))}")
+    lines += ["from math import inf, nan", "", "import torch", "", "aten = torch.ops.aten", "", ""]
+    params = ", ".join(names(v) for v in graph.inputs)
+    lines.append(f"def run(weights{', ' if params else ''}{params}):")
+    body = [f"{names(p)} = weights[{p.name!r}]" for p in graph.params]
+    if use_arena:
+        body += _arena_prologue(graph, offsets, s.get("arena_bytes", 0))
+        freed_at = {}
+        strides = eager_strides(graph)
+    else:
+        freed_at = _last_uses(graph, order, by_name)
+    value_by_name = {v.name: v for v in graph.values()}
+    for step, node_name in enumerate(order):
+        node = by_name[node_name]
+        origin = ", ".join(x for x in (_short_op(node.source_op or node.op), node.source) if x)
+        comment = f"  # {step}: from {origin}"
+        if use_arena:
+            body += _arena_step(node, names, offsets, strides, comment)
+        else:
+            body.append(f"{_targets(node, names)} = {_call(node, names)}{comment}")
+        dead = [names(value_by_name[d]) for d in sorted(freed_at.get(step, []))
+                if value_by_name[d].kind != "param"]
+        if dead:
+            body.append(f"del {', '.join(dead)}")
+    rets = [names(v) for v in graph.outputs]
+    body.append(f"return {rets[0]}" if len(rets) == 1 else f"return ({', '.join(rets)},)")
+    lines += ["    " + b for b in body]
+    return "\n".join(lines) + "\n"
+
+
+def _call(node, names, op: str | None = None, extra: str = "") -> str:
+    call = format_call(node, names)
+    if op is not None:
+        call = op + call[len(node.op):]
+    if extra:
+        call = call[:-1] + (", " if call[-2] != "(" else "") + extra + ")"
+    if call.startswith("memplan."):
+        call = "memplan_ops." + call[len("memplan."):]
+    return call
+
+
+def _targets(node, names) -> str:
+    outs = [names(v) for v in node.outputs]
+    opdef = lookup(node.op, node=node.name)
+    return outs[0] if (len(outs) == 1 and not _returns_sequence(opdef)) else ", ".join(outs) + ","
+
+
+def _last_uses(graph, order, by_name) -> dict[int, list[str]]:
     last_use: dict[str, int] = {}
     for step, node_name in enumerate(order):
         node = by_name[node_name]
@@ -71,41 +141,71 @@ def emit_python(graph: Graph, plan: Plan) -> str:
         for v in node.outputs:
             last_use.setdefault(v.name, step)
     keep = {v.name for v in graph.outputs}
-
-    s = plan.stats
-    lines = [f"# memplan: graph {graph.name!r} on target {plan.target!r}, {len(order)} steps"]
-    if "peak_bytes" in s:
-        lines.append(f"# planned activation peak {format_bytes(s['peak_bytes'])}; "
-                     f"inputs + weights {format_bytes(s.get('resident_bytes', 0))}")
-    lines += ["import torch", "aten = torch.ops.aten", "", ""]
-    params = ", ".join(names(v) for v in graph.inputs)
-    lines.append(f"def run(weights{', ' if params else ''}{params}):")
-    body = []
-    for p in graph.params:
-        body.append(f"{names(p)} = weights[{p.name!r}]")
     freed_at: dict[int, list[str]] = {}
     for name, step in last_use.items():
         if name not in keep:
             freed_at.setdefault(step, []).append(name)
-    value_by_name = {v.name: v for v in graph.values()}
-    for step, node_name in enumerate(order):
-        node = by_name[node_name]
-        opdef = lookup(node.op, node=node.name)
-        outs = [names(v) for v in node.outputs]
-        target = outs[0] if (len(outs) == 1 and not _returns_sequence(opdef)) else ", ".join(outs) + ","
-        call = format_call(node, names)
-        if node.op.startswith("memplan."):
-            call = "memplan_ops." + call[len("memplan."):]
-        origin = ", ".join(x for x in (_short_op(node.source_op or node.op), node.source) if x)
-        body.append(f"{target} = {call}  # {step}: from {origin}")
-        dead = sorted(freed_at.get(step, []))
-        dead = [names(value_by_name[d]) for d in dead if value_by_name[d].kind != "param"]
-        if dead:
-            body.append(f"del {', '.join(dead)}")
-    rets = [names(v) for v in graph.outputs]
-    body.append(f"return {rets[0]}" if len(rets) == 1 else f"return ({', '.join(rets)},)")
-    lines += ["    " + b for b in body]
-    return "\n".join(lines) + "\n"
+    return freed_at
+
+
+_ARENA = "arena"
+
+
+def _arena_view(dtype: str) -> str:
+    return f"{_ARENA}_{dtype}"
+
+
+def _arena_prologue(graph, offsets, arena_bytes) -> list[str]:
+    dtypes = sorted({v.type.dtype for v in graph.values() if v.name in offsets})
+    lines = [f"{_ARENA} = torch.empty({arena_bytes}, dtype=torch.uint8)  # the planned arena: "
+             f"{format_bytes(arena_bytes)}"]
+    for dt in dtypes:
+        lines.append(f"{_arena_view(dt)} = {_ARENA}.view({DTYPES[dt]})")
+    return lines
+
+
+def _slot(v, offsets, strides) -> str:
+    """``arena_f32[start:stop].view([shape])``: the planned slot of value ``v``, laid out with the
+    strides eager gives it (``as_strided`` when that is not the contiguous layout)."""
+    item = v.type.torch_dtype.itemsize
+    start = offsets[v.name] // item
+    stop = start + int(v.type.numel)
+    shape = [int(d) for d in v.type.shape]
+    stride = strides.get(v.name)
+    base = f"{_arena_view(v.type.dtype)}[{start}:{stop}]"
+    if stride is None or stride == contiguous_strides(shape) or not is_dense(shape, stride) or any(d == 0 for d in shape):
+        return f"{base}.view({shape})"
+    return f"{base}.as_strided({shape}, {list(stride)})"
+
+
+def _arena_step(node, names, offsets, strides, comment) -> list[str]:
+    """The statements of one step when intermediates live in the arena."""
+    opdef = lookup(node.op, node=node.name)
+    in_arena = [v for v in node.outputs if v.name in offsets]
+    if opdef.view or not in_arena or node.subgraph is not None:
+        # views own no bytes; ops whose outputs all leave the graph allocate them themselves
+        return [f"{_targets(node, names)} = {_call(node, names)}{comment}"]
+    lines = []
+    out = out_variant(node.op)
+    if out is not None:
+        out_op, out_args = out
+        for v in node.outputs:
+            if v.name in offsets:
+                lines.append(f"{names(v)} = {_slot(v, offsets, strides)}")
+            else:
+                lines.append(f"{names(v)} = torch.empty({list(v.type.shape)}, dtype={DTYPES[v.type.dtype]})")
+        extra = ", ".join(f"{arg}={names(v)}" for arg, v in zip(out_args, node.outputs))
+        lines.append(f"{_call(node, names, out_op, extra)}{comment}")
+        return lines
+    # no out= variant: the op allocates its result; copy what belongs in the arena into its slot
+    if len(node.outputs) == 1 and not _returns_sequence(opdef):
+        v = node.outputs[0]
+        return [f"{names(v)} = {_slot(v, offsets, strides)}",
+                f"{names(v)}.copy_({_call(node, names)}){comment} (no out= variant: copied into its slot)"]
+    lines.append(f"{_targets(node, names)} = {_call(node, names)}{comment} (no out= variant)")
+    for v in in_arena:
+        lines.append(f"{names(v)} = {_slot(v, offsets, strides)}.copy_({names(v)})")
+    return lines
 
 
 def load_python(source: str, module_name: str = "memplan_generated"):

@@ -248,6 +248,32 @@ def is_supported(name: str) -> bool:
         return False
 
 
+def out_variant(name: str) -> tuple[str, list[str]] | None:
+    """The ``out=`` overload of aten op ``name`` and its out-argument names, or None.
+
+    ``aten.addmm.default -> ('aten.addmm.out', ['out'])``;
+    ``aten.native_layer_norm.default -> ('aten.native_layer_norm.out', ['out0', 'out1', 'out2'])``.
+    With it, an op writes straight into a planned slot of the arena.
+    """
+    if name in _OUT_CACHE:
+        return _OUT_CACHE[name]
+    result = None
+    if name.startswith("aten.") and not lookup(name).view:
+        from torch._library._out_variant import get_out_arg_names, to_out_variant
+        try:
+            out_op = to_out_variant(resolve_aten(name))
+        except RuntimeError:  # not a functional schema
+            out_op = None
+        if out_op is not None:
+            result = (f"aten.{out_op._schema.name.split('::')[1]}.{out_op._overloadname}",
+                      list(get_out_arg_names(out_op)))
+    _OUT_CACHE[name] = result
+    return result
+
+
+_OUT_CACHE: dict[str, tuple[str, list[str]] | None] = {}
+
+
 def is_view(name: str) -> bool:
     """True when op ``name`` returns an alias of its first input (False for unknown ops)."""
     try:

@@ -5,10 +5,18 @@
   dropout exports as) is replaced by its input: every registered op is pure,
   so nothing can observe the missing copy, and its buffer is never planned.
   A copy that is a graph output stays, so outputs never alias inputs.
+- ``aten.reshape`` (which returns a view when the input's layout allows,
+  and a fresh copy otherwise, so no planner could account for it) becomes
+  ``aten.view`` where the eager layout allows a view, and
+  ``aten.clone(memory_format=contiguous)`` + ``aten.view`` elsewhere: the
+  same decomposition torch.export applies.
 - Nodes none of whose outputs reach a graph output, and params no node
   reads, are removed.
 """
+import torch
+
 from memplan.ir.graph import Graph, Value, map_values
+from memplan.passes.layout import eager_strides
 from memplan.passes.manager import register_pass
 
 _IDENTITY_COPIES = {"aten.clone.default", "aten.alias.default", "aten.detach.default",
@@ -38,6 +46,7 @@ def canonicalize(graph: Graph, ctx) -> Graph:
     graph.nodes = kept_nodes
     if replace:
         ctx.log.append(f"canonicalize: forwarded {len(replace)} identity copies (clone/alias/detach)")
+    _lower_reshapes(graph, ctx)
     needed = {v.name for v in graph.outputs}
     kept = []
     for node in reversed(graph.nodes):
@@ -53,3 +62,31 @@ def canonicalize(graph: Graph, ctx) -> Graph:
     if removed or unused:
         ctx.log.append(f"canonicalize: removed {removed} dead nodes and {len(unused)} unused params")
     return graph
+
+
+def _lower_reshapes(graph: Graph, ctx) -> None:
+    """Replace every ``aten.reshape.default`` by a view, or a contiguous copy plus a view."""
+    if not any(n.op == "aten.reshape.default" for n in graph.nodes):
+        return
+    strides = eager_strides(graph)
+    nodes, copies = [], 0
+    for node in graph.nodes:
+        if node.op != "aten.reshape.default":
+            nodes.append(node)
+            continue
+        src, shape = node.args[0], node.args[1]
+        layout = torch.empty_strided([int(d) for d in src.type.shape], strides[src.name], device="meta")
+        try:
+            layout.view(shape)
+            node.op = "aten.view.default"
+        except RuntimeError:  # the layout cannot be viewed: copy to contiguous first
+            (dense,) = graph.add_node("aten.clone.default", (src,), {"memory_format": torch.contiguous_format},
+                                      [src.type], name=f"{node.name}_contiguous", source=node.source,
+                                      source_op=node.source_op)
+            nodes.append(graph.nodes.pop())
+            node.op, node.args = "aten.view.default", (dense, shape)
+            copies += 1
+        nodes.append(node)
+    graph.nodes = nodes
+    if copies:
+        ctx.log.append(f"canonicalize: {copies} reshapes of non-contiguous values copy first (clone + view)")

@@ -34,8 +34,9 @@ class Liveness:
     schedule: list[str]
     ranges: dict[str, LiveRange]              # storage roots produced by nodes
     alias_of: dict[str, str]                  # value -> storage root (views)
-    live_bytes: list[int]                     # activation bytes live at each step
+    live_bytes: list[int]                     # activation bytes live at each step (temps included)
     resident_bytes: int                       # inputs + weights, live throughout
+    temp_bytes: list[int] = field(default_factory=list)  # scratch of each step
     peak_bytes: int = 0
     peak_step: int = -1
     live_at_peak: list[LiveRange] = field(default_factory=list)
@@ -57,9 +58,10 @@ def storage_roots(graph: Graph) -> dict[str, str]:
 
 
 def liveness(graph: Graph, schedule: list[str] | None = None,
-             bindings: dict[str, int] | None = None) -> Liveness:
+             bindings: dict[str, int] | None = None, temps: dict[str, int] | None = None) -> Liveness:
     """Live ranges and per-step bytes of ``graph`` run in ``schedule`` (node names;
-    default: graph order). Symbolic sizes take their value in ``bindings`` (default 1)."""
+    default: graph order). ``temps``: scratch bytes a node needs during its own step
+    only. Symbolic sizes take their value in ``bindings`` (default 1)."""
     order = schedule if schedule is not None else [n.name for n in graph.nodes]
     by_name = {n.name: n for n in graph.nodes}
     step_of = {name: i for i, name in enumerate(order)}
@@ -82,16 +84,18 @@ def liveness(graph: Graph, schedule: list[str] | None = None,
         r = ranges.get(root[v.name])
         if r is not None:
             r.end = last
-    live_bytes = [0] * len(order)
+    temp_bytes = [(temps or {}).get(name, 0) for name in order]
+    live_bytes = list(temp_bytes)
     for r in ranges.values():
         for i in range(r.start, r.end + 1):
             live_bytes[i] += r.nbytes
     resident = sum(eval_bytes(v.nbytes, bindings) for v in graph.inputs + graph.params)
-    result = Liveness(order, ranges, {k: v for k, v in root.items() if k != v}, live_bytes, resident)
+    result = Liveness(order, ranges, {k: v for k, v in root.items() if k != v}, live_bytes, resident, temp_bytes)
     if live_bytes:
         result.peak_step = max(range(len(order)), key=lambda i: live_bytes[i])
         result.peak_bytes = live_bytes[result.peak_step]
         result.live_at_peak = [r for r in ranges.values() if r.start <= result.peak_step <= r.end]
     return result
+
 
 

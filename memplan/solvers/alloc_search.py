@@ -23,6 +23,7 @@ MiniMalloc's round robin does), warm-started from the best heuristic packing.
 """
 from __future__ import annotations
 
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,11 +84,13 @@ class _CanonicalSearch:
         for r, (s0, s1) in enumerate(self.sections):
             self.section_bytes[s0:s1] += self.size[r]
         # (section, rank) membership pairs sorted by section, for the floor inference
-        pairs = sorted((s, r) for r, (s0, s1) in enumerate(self.sections) for s in range(s0, s1))
-        self.member_rank = np.array([r for _, r in pairs], dtype=np.int64)
-        self.member_start = np.searchsorted(np.array([s for s, _ in pairs], dtype=np.int64),
-                                            np.arange(len(self.section_bytes) + 1))
-        self.section_hull = [(int(self.sections[r][0]), int(self.sections[r][1])) for r in range(n)]
+        lengths = np.array([s1 - s0 for s0, s1 in self.sections], dtype=np.int64)
+        starts = np.repeat(np.array([s0 for s0, _ in self.sections], dtype=np.int64), lengths)
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        member_section = starts + within
+        by_section = np.argsort(member_section, kind="stable")
+        self.member_rank = np.repeat(np.arange(n, dtype=np.int64), lengths)[by_section]
+        self.member_start = np.searchsorted(member_section[by_section], np.arange(len(self.section_bytes) + 1))
 
     def run(self, capacity: int, node_limit: int, deadline: float) -> SearchOutcome:
         """One search from scratch: a packing within ``capacity``, a proof there is none, or a give-up."""
@@ -107,7 +110,7 @@ class _CanonicalSearch:
         if int(self.unplaced_bytes.max()) > self.capacity:   # the interval bound already says no
             return SearchOutcome(INFEASIBLE, None, 0)
         old_limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(old_limit, len(self.order) + 1000))
+        sys.setrecursionlimit(max(old_limit, 2 * len(self.order) + 1000))   # two frames per level
         try:
             status = self._search(0, 0)
         finally:
@@ -158,12 +161,21 @@ class _CanonicalSearch:
             passing.append(r)
         return passing
 
-    def _floors_hold(self, offset: int, s0: int, s1: int) -> bool:
+    def _floors_hold(self, offset: int, s0: int, s1: int, raised_to: int) -> bool:
         """MiniMalloc's floor inference on sections ``[s0, s1)``.
 
-        No unplaced buffer of a section goes below its minimum offset, so
-        the bytes left in the section must fit above the lowest of those.
+        No unplaced buffer of a section goes below its minimum offset, so the
+        bytes left in the section must fit above the lowest of those. To
+        stay cheap it looks only at sections whose slack is below
+        ``raised_to`` (the minimum offset just raised): weaker pruning
+        elsewhere, never a wrong one.
         """
+        slack = self.capacity - self.unplaced_bytes[s0:s1]
+        tight = np.flatnonzero(slack < raised_to)
+        if len(tight) == 0:
+            return True
+        s1 = s0 + int(tight[-1]) + 1
+        s0 = s0 + int(tight[0])
         lo, hi = self.member_start[s0], self.member_start[s1]
         ranks = self.member_rank[lo:hi]
         starts = self.member_start[s0:s1] - lo
@@ -205,7 +217,7 @@ class _CanonicalSearch:
         self.offsets[r] = offset
         hull0 = min([s0] + [self.sections[j][0] for j in raised.tolist()])
         hull1 = max([s1] + [self.sections[j][1] for j in raised.tolist()])
-        if self._floors_hold(offset, hull0, hull1):
+        if self._floors_hold(offset, hull0, hull1, aligned_top):
             status = self._search(offset, r)
         else:
             status = INFEASIBLE
@@ -260,11 +272,19 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
     outcome = MinimizeOutcome(incumbent, instance.height(incumbent), lower_bound, False)
     searches = {name: _CanonicalSearch(instance, order) for name, order in preorders(instance).items()}
     n = len(instance)
+    # a dive without a capacity is itself a good heuristic ("skyline": lowest offset first)
+    for name, search in searches.items():
+        run = search.run(outcome.height - 1, n + 1, deadline)
+        if run.status == FOUND:
+            outcome.offsets, outcome.height, outcome.improved = run.offsets, instance.height(run.offsets), True
+            outcome.log.append(f"skyline dive[{name}]: height {outcome.height}")
+    rng = random.Random(0)
+    total = section_totals(instance)
     exact_limit, descent_limit = 2 * n + 64, 2 * n + 64
     step = max((outcome.height - lower_bound) // 32, 1)
 
-    def attempt(capacity: int, node_limit: int) -> str:
-        for name, search in searches.items():
+    def attempt(capacity: int, node_limit: int, extra: dict | None = None) -> str:
+        for name, search in (searches | (extra or {})).items():
             run = search.run(capacity, node_limit, deadline)
             outcome.nodes += run.nodes
             if run.status == FOUND:
@@ -287,11 +307,14 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
     while not done():
         attempt(stop_at if fixed_capacity else outcome.proven_lower, exact_limit)
         exact_limit *= 2
+        # diversify the descent with one randomly perturbed preorder per round
+        noisy = sorted(range(n), key=lambda i: (-total[i] * rng.uniform(0.7, 1.3), i))
+        extra = {"random": _CanonicalSearch(instance, noisy)} if not fixed_capacity else {}
         for _ in range(0 if fixed_capacity else 6):
             if done():
                 break
             target = max(outcome.proven_lower, outcome.height - step)
-            status = attempt(target, descent_limit)
+            status = attempt(target, descent_limit, extra)
             if status == FOUND:
                 step *= 2
             elif status == NODE_LIMIT:

@@ -181,13 +181,18 @@ def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, tim
     log.append(f"greedy {greedy.variant}: height {greedy.height} "
                f"(best of {len(greedy.tried)} variants, lower bound {bound})")
 
-    proven = bound
+    proven, improved = bound, False
     if capacity is not None and capacity < bound:
         log.append(f"capacity {capacity} is below the interval lower bound {bound}")
     elif exact and instance.height(offsets) > (bound if capacity is None else capacity):
         proven, improved = _exact_phase(instance, offsets, bound, capacity, deadline, method, log)
-        if improved:
-            winner = method if method != "auto" else "search"
+    if exact and capacity is not None and proven > capacity and instance.height(offsets) > proven:
+        # the capacity is out of reach: spend the time left finding how low the arena can go
+        log.append(f"capacity {capacity} is proven infeasible; minimising the height instead")
+        lowered_bound, lowered = _exact_phase(instance, offsets, proven, None, deadline, method, log)
+        proven, improved = max(proven, lowered_bound), improved or lowered
+    if improved:
+        winner = method if method != "auto" else "search"
 
     height = instance.height(offsets)
     if capacity is not None and height > capacity:
@@ -206,45 +211,58 @@ def _instance(buffers: Sequence[Buffer], alignment: int) -> PackingInstance:
 
 def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capacity: int | None,
                  deadline: float, method: str, log: list[str]) -> tuple[int, bool]:
-    """Improve ``offsets`` in place, one component at a time; return (proven bound, improved)."""
+    """Improve ``offsets`` in place, one component at a time; return (proven bound, improved).
+
+    Without a capacity, the arena is as tall as its tallest component: work
+    on that one, with all the time left, until it is proven optimal or gets
+    below the next tallest, then move on. With a capacity, every component
+    above it gets an equal share of the time left, round after round.
+    """
     groups = components(instance.lowers, instance.uppers, instance.sizes)
     heights = [max(offsets[i] + instance.sizes[i] for i in g) for g in groups]
-    todo = sorted(range(len(groups)), key=lambda k: -heights[k])
-    goal = bound if capacity is None else capacity
+    floors = [0] * len(groups)              # proven lower bound of each component
     proven, improved = bound, False
-    for position, k in enumerate(todo):
-        if heights[k] <= goal or time.monotonic() >= deadline:
-            continue
+    while time.monotonic() < deadline:
+        goal = max(bound, proven) if capacity is None else capacity
+        open_ = [k for k in range(len(groups)) if heights[k] > max(goal, floors[k])]
+        if not open_ or (capacity is not None and proven > capacity):
+            break
+        if capacity is None:
+            k = max(open_, key=lambda j: heights[j])
+            if heights[k] < max(heights):   # the tallest component is proven optimal: nothing helps
+                break
+            stop_at = max([goal] + [h for h in heights if h < heights[k]])
+            share = deadline - time.monotonic()
+        else:
+            k = max(open_, key=lambda j: heights[j])
+            stop_at = capacity
+            share = (deadline - time.monotonic()) / len(open_)
         group = groups[k]
         sub = instance.subset(group)
         sub_offsets = [offsets[i] for i in group]
-        sub_bound = sub.lower_bound()
-        # share what time is left among the components still above the goal
-        waiting = sum(1 for j in todo[position:] if heights[j] > goal)
-        share = (deadline - time.monotonic()) / max(waiting, 1)
+        floors[k] = max(floors[k], sub.lower_bound())
         if method == "cpsat":
             limit = heights[k] if capacity is None else min(capacity, heights[k] - 1)
-            run = cpsat_packing(sub, sub_offsets, sub_bound, limit, share)
+            run = cpsat_packing(sub, sub_offsets, floors[k], limit, share)
             log.append(f"cp-sat on component of {len(group)} buffers: {run.status}, "
                        f"height {run.height}, bound {run.bound}")
-            if run.offsets is not None and run.height < heights[k]:
-                new_offsets, new_height = run.offsets, run.height
-            else:
-                new_offsets, new_height = sub_offsets, heights[k]
-            proven_here = run.bound
+            found = run.offsets is not None and run.height < heights[k]
+            new_offsets, new_height = (run.offsets, run.height) if found else (sub_offsets, heights[k])
+            floors[k] = max(floors[k], run.bound if run.status != "optimal" else new_height)
         else:
-            run = minimize_height(sub, sub_offsets, sub_bound, stop_at=goal,
-                                  deadline=time.monotonic() + share,
-                                  fixed_capacity=capacity is not None)
+            run = minimize_height(sub, sub_offsets, floors[k], stop_at=stop_at,
+                                  deadline=time.monotonic() + share, fixed_capacity=capacity is not None)
             log.append(f"search on component of {len(group)} buffers: height {heights[k]} -> {run.height} "
                        f"(bound {run.proven_lower}, {run.nodes} nodes)")
             log.extend(f"  {line}" for line in run.log[-5:])
-            new_offsets, new_height, proven_here = run.offsets, run.height, run.proven_lower
+            new_offsets, new_height = run.offsets, run.height
+            floors[k] = max(floors[k], run.proven_lower)
         if new_height < heights[k]:
             improved = True
+            heights[k] = new_height
             for i, o in zip(group, new_offsets):
                 offsets[i] = o
-        proven = max(proven, proven_here)
-        if capacity is None:
-            goal = max(goal, new_height)   # lower components need not go below the tallest one
+        proven = max(proven, floors[k])
+        if method == "cpsat" and not found and floors[k] < heights[k]:
+            break                            # CP-SAT had its time and could not improve: do not loop
     return proven, improved

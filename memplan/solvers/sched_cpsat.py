@@ -140,7 +140,8 @@ def solve_exact(problem: ScheduleProblem, hint: list[int], time_limit: float = 1
 
     _add_hint(model, problem, hint, done_vars, live_of)
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.05, time_limit)
+    # the time limit covers building the model too
+    solver.parameters.max_time_in_seconds = max(0.05, time_limit - (time.perf_counter() - start))
     solver.parameters.num_workers = workers
     status = solver.solve(model)
     wall = time.perf_counter() - start

@@ -276,12 +276,31 @@ def must_live_bytes(problem: ScheduleProblem) -> list[int]:
     return [int(t) + always + problem.temp[v] for v, t in enumerate(total)]
 
 
+def final_step_bytes(problem: ScheduleProblem) -> int:
+    """Bytes live at the last step of every order: all kept buffers, plus the least that the
+    last node (some sink) needs besides them (its temp, unread outputs and inputs)."""
+    if problem.n == 0:
+        return 0
+    kept = sum(b.size for b in problem.buffers if b.keep)
+    least = None
+    for v in range(problem.n):
+        if problem.succs[v]:
+            continue
+        own = problem.temp[v]
+        own += sum(problem.buffers[i].size for i in problem.produced[v]
+                   if not problem.buffers[i].keep and not problem.buffers[i].users)
+        own += sum(problem.buffers[i].size for i in problem.used[v] if not problem.buffers[i].keep)
+        least = own if least is None else min(least, own)
+    return problem.base_bytes + kept + (least or 0)
+
+
 def lower_bound(problem: ScheduleProblem) -> int:
     """An order-independent lower bound on the peak of any valid order.
 
     Every order runs every node once, and while node ``v`` runs the buffers counted
     by :func:`must_live_bytes` are live whatever the order (``v``'s inputs, outputs
     and temp, and every buffer produced by an ancestor and read by a descendant of
-    ``v``). So the peak of any order is at least the largest of these sums.
+    ``v``). So the peak of any order is at least the largest of these sums. Every
+    order also ends with all kept buffers live (:func:`final_step_bytes`).
     """
-    return max(must_live_bytes(problem), default=0)
+    return max(max(must_live_bytes(problem), default=0), final_step_bytes(problem))

@@ -23,18 +23,29 @@ def test_small_models_match_eager(name, model, inputs):
         torch.testing.assert_close(cm(*fresh), model(*fresh), rtol=1e-5, atol=1e-5)
 
 
-def test_source_is_traceable_and_frees_at_last_use():
+def test_arena_source_is_traceable():
     model, inputs = cases()[1][1:]
     cm = memplan.compile(model, inputs)
     src = cm.source
-    assert "scaled_dot_product_attention" in src
-    assert re.search(r"= aten.addmm.default\(.*\)  # \d+: from aten.addmm, qkv$", src, re.M), "each step names its op and module"
-    # every non-output value defined is deleted exactly once
+    arena = cm.plan.stats["arena_bytes"]
+    assert f"arena = torch.empty({arena}, dtype=torch.uint8)" in src
+    assert re.search(r"^    aten\.addmm\.out\(.*out=\w+\)  # \d+: from aten\.addmm, qkv$", src, re.M), \
+        "ops write into their planned slot, each traced to its op and module"
+    assert "scaled_dot_product_attention.default" in src and "no out= variant" in src
+    assert src.count("torch.empty(") == 1 + sum(1 for line in src.splitlines() if "torch.empty([" in line)
+
+
+def test_without_allocation_values_are_freed_at_last_use():
+    model, inputs = cases()[1][1:]
+    cm = memplan.compile(model, inputs, pipeline=["verify", "canonicalize", "schedule", "verify_plan"])
+    src = cm.source
+    assert "arena" not in src
     defined = set(re.findall(r"^    (\w+)(?:, \w+)*,? = aten", src, re.M))
     deleted = [n for line in re.findall(r"^    del (.*)$", src, re.M) for n in line.split(", ")]
     assert len(deleted) == len(set(deleted))
     out_name = re.search(r"return (\w+)", src).group(1)
     assert defined - set(deleted) <= {out_name}
+    torch.testing.assert_close(cm(*inputs), model(*inputs))
 
 
 def test_multi_output_and_passthrough_outputs():

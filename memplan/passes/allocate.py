@@ -1,0 +1,93 @@
+"""Pass ``allocate``: a byte offset in one static arena for every intermediate buffer.
+
+Buffers are the storage roots the schedule produces that are not graph
+outputs (outputs are handed to the caller, so they are allocated on their
+own and never alias the arena). Each lives from the step that writes it to
+its last read, views included; :func:`~memplan.solvers.allocation.solve_allocation`
+packs them (greedy portfolio, then an exact search towards the interval lower
+bound). The planned peak of the run is then
+
+    arena bytes + max over steps (graph outputs produced so far + scratch of the step)
+
+and that is what the memory budget bounds and what the emitted code allocates.
+"""
+from __future__ import annotations
+
+from memplan.errors import BudgetInfeasibleError
+from memplan.passes.liveness import Liveness, liveness, storage_roots
+from memplan.passes.scratch import step_scratch
+from memplan.passes.manager import register_pass
+from memplan.solvers.allocation import Buffer, solve_allocation
+from memplan.units import format_bytes
+
+ALIGNMENT = 64  # bytes: every slot starts on a cache line (and on any dtype's boundary)
+
+
+def arena_buffers(graph, live: Liveness) -> tuple[list[Buffer], set[str]]:
+    """The arena's buffers (``[start, end + 1)`` lifetimes) and the roots kept outside it."""
+    roots = storage_roots(graph)
+    outside = {roots[v.name] for v in graph.outputs}
+    buffers = [Buffer(r.value, r.start, r.end + 1, -(-r.nbytes // ALIGNMENT) * ALIGNMENT)
+               for r in live.ranges.values() if r.value not in outside]
+    return buffers, outside
+
+
+def outside_bytes(live: Liveness, outside: set[str]) -> list[int]:
+    """Per step: bytes allocated outside the arena (outputs produced so far, plus scratch)."""
+    per_step = list(live.temp_bytes)
+    for name in outside:
+        r = live.ranges.get(name)
+        if r is not None:
+            for i in range(r.start, len(per_step)):
+                per_step[i] += r.nbytes
+    return per_step
+
+
+@register_pass("allocate", kind="plan")
+def allocate(graph, plan, ctx):
+    """Fill ``plan.allocation`` (tier -> value -> offset) and the arena statistics; enforce the budget."""
+    temps = plan.stats.get("scratch_bytes")
+    if temps is None:
+        temps = step_scratch(graph, ctx.options)
+    live = liveness(graph, plan.schedule, temps=temps)
+    buffers, outside = arena_buffers(graph, live)
+    extra = max(outside_bytes(live, outside), default=0)
+    time_limit = float(ctx.options.get("allocate_time_limit", 5.0))
+    result = solve_allocation(buffers, time_limit=time_limit, alignment=ALIGNMENT)
+    budget = ctx.memory_budget
+    if budget is not None and result.height + extra > budget and budget - extra >= result.lower_bound:
+        # feasibility mode: any packing under what the budget leaves for the arena
+        tight = solve_allocation(buffers, capacity=budget - extra, time_limit=time_limit, alignment=ALIGNMENT)
+        if tight.height < result.height:
+            result = tight
+    tier = ctx.target.main_tier.name
+    plan.allocation = {tier: dict(sorted(result.offsets.items(), key=lambda kv: kv[1]))}
+    plan.placement = {**{b.id: tier for b in buffers}, **{name: "output" for name in sorted(outside)}}
+    planned = result.height + extra
+    plan.stats.update({
+        "arena_bytes": result.height,
+        "arena_lower_bound_bytes": result.lower_bound,
+        "outside_arena_bytes": extra,
+        "planned_peak_bytes": planned,
+        "memory_budget": budget,
+    })
+    plan.stats.setdefault("solves", []).append({
+        "pass": "allocate", "method": result.method, "status": result.status, "objective": result.height,
+        "bound": result.lower_bound, "gap": round(result.gap, 6), "wall_s": round(result.wall_s, 4),
+        "buffers": len(buffers)})
+    if budget is not None and planned > budget:
+        raise budget_error(graph, plan, live, budget, planned)
+    return plan
+
+
+def budget_error(graph, plan, live: Liveness, budget: int, best: int) -> BudgetInfeasibleError:
+    """The error a user gets when no plan fits: best peak, lower bound, what is live at the peak."""
+    bound = plan.stats.get("lower_bound_bytes", 0)
+    top = live.top_buffers(5)
+    listing = ", ".join(f"%{r.value} {format_bytes(r.nbytes)} ({r.source or 'graph'})" for r in top)
+    return BudgetInfeasibleError(
+        f"no plan fits the memory budget of {format_bytes(budget)}: the smallest peak memplan found is "
+        f"{format_bytes(best)} (lower bound {format_bytes(bound)}); at its peak step {live.peak_step} "
+        f"(node {live.schedule[live.peak_step]}) the largest live buffers are: {listing}",
+        budget=budget, best_peak=best, lower_bound=bound,
+        live_at_peak=[(r.value, r.nbytes, r.source) for r in top])

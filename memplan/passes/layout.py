@@ -1,0 +1,57 @@
+"""Strides eager PyTorch gives each value, found by running the graph on fake tensors.
+
+The IR types carry shapes, not strides, but later view ops in a captured
+graph rely on the strides eager produced (``permute`` then ``view`` only works
+on the layout the exporter saw). A planned slot must therefore have those
+strides. ``FakeTensorMode`` reproduces the CPU kernels' output strides without
+computing anything (meta kernels alone do not: fused attention differs).
+"""
+from __future__ import annotations
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from memplan.ir.graph import Graph, map_values
+from memplan.ir.ops import flatten_outputs, lookup
+
+
+def eager_strides(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """value name -> strides of that value when the graph runs eagerly on the CPU."""
+    strides: dict[str, tuple[int, ...]] = {}
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+        env = {}
+        for v in graph.inputs:
+            env[v.name] = torch.empty(tuple(int(d) for d in v.type.shape), dtype=v.type.torch_dtype)
+        for v in graph.params:
+            data = graph.weights.get(v.name)
+            env[v.name] = (mode.from_tensor(data) if data is not None else
+                           torch.empty(tuple(int(d) for d in v.type.shape), dtype=v.type.torch_dtype))
+        for node in graph.nodes:
+            opdef = lookup(node.op, node=node.name)
+            args = map_values(node.args, lambda v: env[v.name])
+            kwargs = map_values(node.kwargs, lambda v: env[v.name])
+            results = flatten_outputs(opdef.impl(*args, **kwargs))
+            for v, t in zip(node.outputs, results):
+                env[v.name] = t
+    for name, t in env.items():
+        strides[name] = tuple(t.stride())
+    return strides
+
+
+def is_dense(shape, strides) -> bool:
+    """True when ``strides`` lay ``shape`` out on exactly ``numel`` elements (a permuted contiguous layout)."""
+    dims = sorted((s, d) for d, s in zip(shape, strides) if d != 1)
+    expected = 1
+    for s, d in dims:
+        if s != expected:
+            return False
+        expected *= d
+    return True
+
+
+def contiguous_strides(shape) -> tuple[int, ...]:
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= max(int(d), 1)
+    return tuple(reversed(out))

@@ -1,0 +1,121 @@
+"""Scratch memory of each step, measured: what a kernel allocates beyond its planned output.
+
+A plan is only a promise if it counts every byte the run allocates. Besides
+the planned buffers, a step needs
+
+- the result of an op with no ``out=`` variant, which the backend copies into
+  its slot (fused attention, ``arange``, ...), and
+- the workspace some kernels allocate inside (a convolution's column buffer,
+  attention's per-thread blocks and log-sum-exp).
+
+Neither is visible in the op's signature, so memplan measures it the way the
+backend will run it: each distinct (op, input types, arguments) runs once on
+this host under the profiler's memory timeline, with its output slots
+allocated beforehand, and the bytes it allocates at its peak are its scratch.
+Results are cached per process. ``estimate_scratch`` gives the static part
+(copied results only) where measuring is switched off.
+"""
+from __future__ import annotations
+
+import torch
+
+from memplan.ir.graph import Graph, Node, map_values
+from memplan.ir.ops import lookup, out_variant, resolve_aten
+from memplan.ir.printer import format_arg
+from memplan.ir.types import eval_bytes
+from memplan.passes.liveness import storage_roots
+
+_CACHE: dict[tuple, int] = {}
+
+
+def estimate_scratch(graph: Graph) -> dict[str, int]:
+    """Static scratch: the fresh result of each op without an ``out=`` variant that goes to the arena."""
+    roots = storage_roots(graph)
+    keep = {roots[v.name] for v in graph.outputs}
+    temps: dict[str, int] = {}
+    for node in graph.nodes:
+        if _writes_in_place(node):
+            continue
+        copied = sum(eval_bytes(v.nbytes) for v in node.outputs if roots[v.name] == v.name and v.name not in keep)
+        if copied:
+            temps[node.name] = copied
+    return temps
+
+
+def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Scratch bytes of every step, measured on this host (see the module docstring)."""
+    roots = storage_roots(graph)
+    keep = {roots[v.name] for v in graph.outputs}
+    temps: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.subgraph is not None or lookup(node.op).view:
+            continue
+        in_arena = [roots[v.name] == v.name and v.name not in keep for v in node.outputs]
+        key = _signature(node, in_arena, strides)
+        if key not in _CACHE:
+            _CACHE[key] = _measure(node, graph, strides, in_arena)
+        if _CACHE[key]:
+            temps[node.name] = _CACHE[key]
+    return temps
+
+
+def _writes_in_place(node: Node) -> bool:
+    return node.subgraph is not None or lookup(node.op).view or out_variant(node.op) is not None
+
+
+def _signature(node: Node, in_arena, strides) -> tuple:
+    """What decides a kernel's scratch: the op, its argument types, layouts and values, where outputs go."""
+    def typed(v):
+        return f"{v.type}{strides.get(v.name, '')}"
+    args = format_arg(map_values(list(node.args), typed))
+    kwargs = format_arg([(k, map_values(v, typed)) for k, v in sorted(node.kwargs.items())])
+    return (node.op, args, kwargs, tuple(in_arena))
+
+
+def _example(value, graph: Graph, strides) -> torch.Tensor:
+    """A real tensor for ``value``: the weight itself, else zeros (valid indices) or random floats."""
+    if value.name in graph.weights:
+        return graph.weights[value.name]
+    t = value.type
+    shape = [int(d) for d in t.shape]
+    stride = strides.get(value.name) or None
+    out = torch.empty_strided(shape, stride, dtype=t.torch_dtype) if stride else torch.empty(shape, dtype=t.torch_dtype)
+    if t.torch_dtype.is_floating_point and out.numel():
+        out.copy_(torch.randn(shape).to(t.torch_dtype))
+    else:
+        out.zero_()
+    return out
+
+
+def _measure(node: Node, graph: Graph, strides, in_arena) -> int:
+    from memplan.profiling import timeline_peak
+
+    opdef = lookup(node.op)
+    args = map_values(node.args, lambda v: _example(v, graph, strides))
+    kwargs = map_values(node.kwargs, lambda v: _example(v, graph, strides))
+    out = out_variant(node.op) if any(in_arena) else None
+    if out is None:
+        def call():
+            with torch.inference_mode():
+                return opdef.impl(*args, **kwargs)
+        result = timeline_peak(call)
+        # everything allocated counts, except outputs that stay outside the arena (planned as outputs)
+        kept = sum(eval_bytes(v.nbytes) for v, arena in zip(node.outputs, in_arena) if not arena)
+        return max(0, result["activation_peak"] - kept)
+    out_name, out_args = out
+    outs = {name: torch.empty_strided([int(d) for d in v.type.shape], strides[v.name], dtype=v.type.torch_dtype)
+            for name, v in zip(out_args, node.outputs)}
+    target = resolve_aten(out_name)
+
+    def call_out():
+        with torch.inference_mode():
+            target(*args, **kwargs, **outs)
+    return max(0, timeline_peak(call_out)["activation_peak"])
+
+
+def step_scratch(graph: Graph, options: dict) -> dict[str, int]:
+    """Scratch per node: measured (default) or, with ``options["measure_scratch"] = False``, estimated."""
+    if options.get("measure_scratch", True):
+        from memplan.passes.layout import eager_strides
+        return measure_scratch(graph, eager_strides(graph))
+    return estimate_scratch(graph)

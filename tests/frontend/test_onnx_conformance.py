@@ -1,0 +1,86 @@
+"""ONNX backend test suite conformance: every case memplan claims must pass.
+
+The cases come from the suite shipped inside the ``onnx`` wheel (through
+``tests/frontend/onnx_suite.py``). ``MemplanBackend.claimed`` decides, per
+model, whether memplan claims it; claimed cases run here one test each.
+The ``real`` models (``light_*.onnx``, stored outputs) are marked slow.
+``python benchmarks/onnx_conformance.py --backend memplan`` prints the
+counts beside onnxruntime's.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+
+import pytest
+
+from memplan.frontend.onnx_backend import MemplanBackend
+
+
+def _load_suite():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onnx_suite.py")
+    spec = importlib.util.spec_from_file_location("memplan_onnx_suite", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+suite = _load_suite()
+
+
+def _claimed_cases(kind: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = list(suite.iter_cases([kind]))
+    claimed = []
+    for case in cases:
+        try:
+            if MemplanBackend.claimed(case.model):
+                claimed.append(case)
+        except Exception:  # noqa: BLE001  (a case the suite cannot load is not ours to claim)
+            pass
+        if kind != "node":
+            case.release()
+    return cases, claimed
+
+
+NODE_CASES, NODE_CLAIMED = _claimed_cases("node")
+MODEL_KINDS = ("simple", "pytorch-converted", "pytorch-operator")
+MODEL_CLAIMED = [c for kind in MODEL_KINDS for c in _claimed_cases(kind)[1]]
+REAL_CASES, REAL_CLAIMED = _claimed_cases("real")
+
+
+def _check(case):
+    result = suite.run_case(MemplanBackend, case)
+    case.release()
+    assert result.status == "pass", f"{case.kind}/{case.name}: {result.status}: {result.message}"
+
+
+@pytest.mark.parametrize("case", NODE_CLAIMED, ids=lambda c: c.name)
+def test_node_case(case):
+    _check(case)
+
+
+@pytest.mark.parametrize("case", MODEL_CLAIMED, ids=lambda c: f"{c.kind}/{c.name}")
+def test_model_case(case):
+    _check(case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", REAL_CLAIMED, ids=lambda c: c.name)
+def test_real_model(case):
+    _check(case)
+
+
+def test_claimed_coverage():
+    """Guard against silently claiming less: the claimed counts only go up."""
+    assert len(NODE_CASES) > 1500
+    assert len(NODE_CLAIMED) >= 1300, f"only {len(NODE_CLAIMED)} node cases claimed"
+    assert len(REAL_CLAIMED) == len(REAL_CASES) == 9
+    assert len(MODEL_CLAIMED) >= 120
+    ops = {op for case in NODE_CLAIMED for _, op in case.op_types}
+    for op in ("Conv", "MatMul", "Gemm", "Softmax", "Resize", "BatchNormalization", "Attention", "Einsum"):
+        assert op in ops
