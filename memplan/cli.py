@@ -6,6 +6,7 @@
     memplan lower model.onnx --dump-ir-after all -o out/
     memplan show out/model.mir          # pretty-print and re-verify IR or a plan
     memplan targets                     # list target presets
+    memplan alloc buffers.csv --capacity 2MiB -o offsets.csv   # static allocation of a plain instance
 
 Errors print one line on stderr and exit with status 1 (2 for usage errors);
 ``--debug`` shows the traceback.
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     targets = sub.add_parser("targets", help="list target presets")
     targets.set_defaults(func=cmd_targets)
+    from memplan.solvers.alloc_cli import add_alloc_parser
+    add_alloc_parser(sub)
     return parser
 
 

@@ -7,8 +7,10 @@ PyTorch and torch.compile.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from typing import Any, Callable
@@ -30,6 +32,21 @@ def _category_names() -> tuple[str, ...]:
         return _CATEGORIES
     order = sorted(_CATEGORY_TO_INDEX, key=_CATEGORY_TO_INDEX.__getitem__)
     return tuple("UNKNOWN" if c is None else c.name for c in order)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 while the profiler starts and stops: its native layer (kineto)
+    prints a 'profiler_start/stop' line per session that no setting turns off."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def timeline_peak(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
@@ -68,8 +85,8 @@ def timeline_peak(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
       not seen, so ``baseline``/``peak`` drop them; compare
       ``activation_peak`` across eager and compiled, never ``peak``.
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                 record_shapes=True, with_stack=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                         record_shapes=True, with_stack=True) as prof:
         result = fn(*args)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # export_memory_timeline is deprecated

@@ -32,7 +32,7 @@ def test_lower_emits_ir_python_plan_and_show_reverifies(model_path, tmp_path):
     r = memplan_cli("lower", model_path, "--input-shape", "x=2x4", "--target", "mcu", "--budget", "1KiB",
                     "-o", tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "planned activation peak" in r.stdout
+    assert "planned peak" in r.stdout
     mir, py, plan = tmp_path / "tiny.mir", tmp_path / "tiny.py", tmp_path / "tiny.plan.json"
     assert "aten.matmul.default(%x, %w) loc('fc', 'onnx::MatMul')" in mir.read_text()
     assert "def run(weights, x):" in py.read_text()
@@ -61,7 +61,7 @@ def test_targets_lists_presets():
 
 def _one_line_error(r, *fragments):
     assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
+    lines = [line for line in r.stderr.strip().splitlines() if "USDT:" not in line]  # profiler chatter
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("memplan: error:")
     for f in fragments:

@@ -19,7 +19,7 @@ import linecache
 from memplan.ir.graph import Graph, Value
 from memplan.ir.ops import lookup, out_variant
 from memplan.ir.types import DTYPES
-from memplan.passes.layout import contiguous_strides, eager_strides, is_dense
+from memplan.passes.layout import contiguous_strides, eager_strides, slot_strides
 from memplan.ir.printer import format_call
 from memplan.plan import Plan
 from memplan.units import format_bytes
@@ -171,9 +171,9 @@ def _slot(v, offsets, strides) -> str:
     start = offsets[v.name] // item
     stop = start + int(v.type.numel)
     shape = [int(d) for d in v.type.shape]
-    stride = strides.get(v.name)
+    stride = slot_strides(shape, strides.get(v.name))
     base = f"{_arena_view(v.type.dtype)}[{start}:{stop}]"
-    if stride is None or stride == contiguous_strides(shape) or not is_dense(shape, stride) or any(d == 0 for d in shape):
+    if stride == contiguous_strides(shape):
         return f"{base}.view({shape})"
     return f"{base}.as_strided({shape}, {list(stride)})"
 

@@ -55,3 +55,11 @@ def contiguous_strides(shape) -> tuple[int, ...]:
         out.append(acc)
         acc *= max(int(d), 1)
     return tuple(reversed(out))
+
+
+def slot_strides(shape, eager: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The strides a planned slot gets: eager's where they lay the value out densely, else contiguous."""
+    shape = [int(d) for d in shape]
+    if eager is None or any(d == 0 for d in shape) or not is_dense(shape, eager):
+        return contiguous_strides(shape)
+    return tuple(eager)

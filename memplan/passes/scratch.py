@@ -23,6 +23,7 @@ from memplan.ir.graph import Graph, Node, map_values
 from memplan.ir.ops import lookup, out_variant, resolve_aten
 from memplan.ir.printer import format_arg
 from memplan.ir.types import eval_bytes
+from memplan.passes.layout import slot_strides
 from memplan.passes.liveness import storage_roots
 
 _CACHE: dict[tuple, int] = {}
@@ -53,7 +54,7 @@ def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]]) -> dict[s
         in_arena = [roots[v.name] == v.name and v.name not in keep for v in node.outputs]
         key = _signature(node, in_arena, strides)
         if key not in _CACHE:
-            _CACHE[key] = _measure(node, graph, strides, in_arena)
+            _CACHE[key] = _measure_any(node, graph, strides, in_arena)
         if _CACHE[key]:
             temps[node.name] = _CACHE[key]
     return temps
@@ -72,27 +73,39 @@ def _signature(node: Node, in_arena, strides) -> tuple:
     return (node.op, args, kwargs, tuple(in_arena))
 
 
-def _example(value, graph: Graph, strides) -> torch.Tensor:
-    """A real tensor for ``value``: the weight itself, else zeros (valid indices) or random floats."""
+def _measure_any(node: Node, graph: Graph, strides, in_arena) -> int:
+    """Measure with integer inputs 0 (valid indices), then 1 (valid divisors); if the op rejects
+    both, count its copied result only (the static estimate)."""
+    for fill in (0, 1):
+        try:
+            return _measure(node, graph, strides, in_arena, fill)
+        except (RuntimeError, IndexError, ValueError):
+            continue
+    roots = storage_roots(graph)
+    return 0 if _writes_in_place(node) else sum(
+        eval_bytes(v.nbytes) for v, arena in zip(node.outputs, in_arena) if arena and roots[v.name] == v.name)
+
+
+def _example(value, graph: Graph, strides, fill: int) -> torch.Tensor:
+    """A real tensor for ``value``: the weight itself, else ``fill`` for integers or random floats."""
     if value.name in graph.weights:
         return graph.weights[value.name]
     t = value.type
     shape = [int(d) for d in t.shape]
-    stride = strides.get(value.name) or None
-    out = torch.empty_strided(shape, stride, dtype=t.torch_dtype) if stride else torch.empty(shape, dtype=t.torch_dtype)
+    out = torch.empty_strided(shape, slot_strides(shape, strides.get(value.name)), dtype=t.torch_dtype)
     if t.torch_dtype.is_floating_point and out.numel():
         out.copy_(torch.randn(shape).to(t.torch_dtype))
     else:
-        out.zero_()
+        out.fill_(fill)
     return out
 
 
-def _measure(node: Node, graph: Graph, strides, in_arena) -> int:
+def _measure(node: Node, graph: Graph, strides, in_arena, fill: int) -> int:
     from memplan.profiling import timeline_peak
 
     opdef = lookup(node.op)
-    args = map_values(node.args, lambda v: _example(v, graph, strides))
-    kwargs = map_values(node.kwargs, lambda v: _example(v, graph, strides))
+    args = map_values(node.args, lambda v: _example(v, graph, strides, fill))
+    kwargs = map_values(node.kwargs, lambda v: _example(v, graph, strides, fill))
     out = out_variant(node.op) if any(in_arena) else None
     if out is None:
         def call():
@@ -103,7 +116,8 @@ def _measure(node: Node, graph: Graph, strides, in_arena) -> int:
         kept = sum(eval_bytes(v.nbytes) for v, arena in zip(node.outputs, in_arena) if not arena)
         return max(0, result["activation_peak"] - kept)
     out_name, out_args = out
-    outs = {name: torch.empty_strided([int(d) for d in v.type.shape], strides[v.name], dtype=v.type.torch_dtype)
+    outs = {name: torch.empty_strided([int(d) for d in v.type.shape], slot_strides(v.type.shape, strides.get(v.name)),
+                                      dtype=v.type.torch_dtype)
             for name, v in zip(out_args, node.outputs)}
     target = resolve_aten(out_name)
 
