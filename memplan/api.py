@@ -84,7 +84,7 @@ def lower(model_or_path, example_inputs=None) -> Graph:
 
 def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None, *,
             pipeline: list[str] | None = None, dump_ir_after=None, dump_dir=None,
-            verify_each: bool = False) -> CompiledModule:
+            verify_each: bool = False, options: dict | None = None) -> CompiledModule:
     """Lower, plan and build a model.
 
     ``model_or_path``: an ``nn.Module`` (with ``example_inputs``), an
@@ -93,6 +93,9 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     path or a :class:`HardwareSpec`. ``memory_budget``: bytes (int) or a
     string such as ``"2GiB"`` — a hard bound on the planned activation peak;
     :class:`~memplan.errors.BudgetInfeasibleError` if no plan fits.
+    ``options`` tune passes: ``schedule_method`` (``auto``, ``exact``,
+    ``heuristic``, ``baseline``, ...), ``schedule_time_limit`` and
+    ``allocate_time_limit`` (seconds), ``measure_scratch`` (bool).
 
     >>> import torch, memplan
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
@@ -105,7 +108,7 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     start = time.perf_counter()
     graph = lower(model_or_path, example_inputs)
     lowered = time.perf_counter() - start
-    ctx = PassContext(spec, budget)
+    ctx = PassContext(spec, budget, dict(options or {}))
     graph, plan = run_pipeline(graph, ctx, pipeline, dump_after=dump_ir_after, dump_dir=dump_dir,
                                verify_each=verify_each)
     plan.stats["pass_seconds"] = {"lower": lowered, **plan.stats.get("pass_seconds", {})}

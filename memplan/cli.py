@@ -20,7 +20,7 @@ from pathlib import Path
 
 from memplan.errors import MemplanError
 
-EMITS = ("ir", "python", "plan")
+EMITS = ("ir", "python", "plan", "report")
 
 
 def _console():
@@ -56,6 +56,9 @@ def cmd_lower(args) -> int:
     if "plan" in emits:
         cm.plan.save(out / f"{stem}.plan.json")
         written.append(out / f"{stem}.plan.json")
+    if "report" in emits:
+        from memplan.report import write_report
+        written.extend(write_report(cm.plan, out, stem))
     console.print(cm.plan.summary())
     for line in cm.log:
         console.print(f"  {line}")
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("model", help="path to an .onnx file")
     lower.add_argument("--target", default="cpu", help="preset name or .yaml/.json spec (see `memplan targets`)")
     lower.add_argument("--budget", default=None, help="memory budget, e.g. 2GiB, 512KiB or bytes")
-    lower.add_argument("--emit", default="ir,python,plan", help="comma list of: ir, python, plan")
+    lower.add_argument("--emit", default="ir,python,plan", help="comma list of: ir, python, plan, report (PNG + HTML)")
     lower.add_argument("-o", "--output", default="out", help="output directory (default: out)")
     lower.add_argument("--dump-ir-after", default=None, metavar="all|PASS[,PASS]",
                        help="write the IR after each named pass to OUTPUT/dumps")

@@ -89,6 +89,11 @@ class Plan:
                 lines.append(f"    {name:<16} {sec * 1000:9.1f} ms")
         return "\n".join(lines)
 
+    def plot(self, path) -> Path:
+        """Draw the memory timeline (eager order vs. this plan) and the arena layout to a PNG."""
+        from memplan.report import plot_plan
+        return plot_plan(self, path)
+
     def __str__(self) -> str:
         return self.summary()
 

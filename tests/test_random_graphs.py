@@ -74,6 +74,9 @@ def test_random_graph_pipeline(g):
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
-    live = liveness(cm.graph, cm.plan.schedule)
-    assert cm.plan.stats["peak_bytes"] == live.peak_bytes == max(live.live_bytes)
+    live = liveness(cm.graph, cm.plan.schedule, temps=cm.plan.stats["scratch_bytes"])
+    assert cm.plan.stats["peak_bytes"] == live.peak_bytes == max(live.live_bytes, default=0)
     assert all(b >= 0 for b in live.live_bytes)
+    s = cm.plan.stats
+    assert s["lower_bound_bytes"] <= s["peak_bytes"] <= s["topological_peak_bytes"]
+    assert s["arena_lower_bound_bytes"] <= s["arena_bytes"] <= s["planned_peak_bytes"]

@@ -69,6 +69,7 @@ def allocate(graph, plan, ctx):
         "arena_lower_bound_bytes": result.lower_bound,
         "outside_arena_bytes": extra,
         "planned_peak_bytes": planned,
+        "buffers": {b.id: [b.lower, b.upper, b.size] for b in buffers},
         "memory_budget": budget,
     })
     plan.stats.setdefault("solves", []).append({

@@ -55,6 +55,8 @@ def schedule(graph, plan, ctx):
     plan.stats.update(liveness_stats(graph, live))
     plan.stats.update({
         "topological_peak_bytes": result.baseline_peak,
+        "live_profile": live.live_bytes,
+        "topological_live_profile": liveness(graph, [n.name for n in graph.nodes], temps=temps).live_bytes,
         "heuristic_peak_bytes": result.heuristic_peak,
         "heuristic_peaks": result.heuristic_peaks,
         "lower_bound_bytes": result.lower_bound,
