@@ -49,7 +49,10 @@ def allocate(graph, plan, ctx):
     temps = plan.stats.get("scratch_bytes")
     if temps is None:
         temps = step_scratch(graph, ctx.options)
+    if ctx.options.get("joint", True):
+        plan.schedule = joint_order(graph, plan, temps)
     live = liveness(graph, plan.schedule, temps=temps)
+    plan.stats["live_profile"] = live.live_bytes
     buffers, outside = arena_buffers(graph, live)
     extra = max(outside_bytes(live, outside), default=0)
     time_limit = float(ctx.options.get("allocate_time_limit", 5.0))
@@ -79,6 +82,44 @@ def allocate(graph, plan, ctx):
     if budget is not None and planned > budget:
         raise budget_error(graph, plan, live, budget, planned)
     return plan
+
+
+def quick_planned_peak(graph, order: list[str], temps) -> tuple[int, int]:
+    """(arena height of the greedy portfolio + bytes outside the arena, live-bytes peak) of an order."""
+    live = liveness(graph, order, temps=temps)
+    buffers, outside = arena_buffers(graph, live)
+    greedy = solve_allocation(buffers, time_limit=1.0, alignment=ALIGNMENT, method="greedy")
+    return greedy.height + max(outside_bytes(live, outside), default=0), live.peak_bytes
+
+
+def joint_order(graph, plan, temps) -> list[str]:
+    """Iterated order/offsets: among the scheduler's order, the topological order and every
+    heuristic order, keep the one whose *packed* arena (plus what lives outside it) is lowest.
+
+    The order with the fewest live bytes can still pack worse (fragmentation depends on the
+    order), so this compares what the run would really allocate; the scheduler's order wins ties.
+    Records each candidate's figures in ``plan.stats["joint"]``.
+    """
+    from memplan.passes.schedule import schedule_problem
+    from memplan.solvers.sched_heuristics import HEURISTICS
+
+    problem = schedule_problem(graph, temps)
+    candidates = {"scheduler": list(plan.schedule)}
+    for name, heuristic in HEURISTICS.items():
+        candidates[name] = [graph.nodes[i].name for i in heuristic(problem)]
+    scored = {}
+    seen: dict[tuple, str] = {}
+    for name, order in candidates.items():
+        key = tuple(order)
+        if key in seen:
+            scored[name] = scored[seen[key]]
+            continue
+        seen[key] = name
+        scored[name] = quick_planned_peak(graph, order, temps)
+    best = min(candidates, key=lambda n: (scored[n][0], n != "scheduler"))
+    plan.stats["joint"] = {"chosen": best, "candidates": {n: {"planned": p, "live_peak": l}
+                                                          for n, (p, l) in scored.items()}}
+    return candidates[best]
 
 
 def budget_error(graph, plan, live: Liveness, budget: int, best: int) -> BudgetInfeasibleError:
