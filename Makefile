@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/memplan lower memplan/examples/tiny_cnn.onnx --target cpu --emit ir,python,plan -o out/demo
+	$(BIN)/memplan lower memplan/examples/tiny_cnn.onnx --target cpu --emit ir,python,plan,report -o out/demo
+	$(BIN)/memplan show out/demo/tiny_cnn.mir
 	$(BIN)/memplan show out/demo/tiny_cnn.plan.json
 
 test: $(STAMP)

@@ -5,8 +5,9 @@ For each zoo family this measures, with the profiler memory timeline
 weights and inputs resident before the call) of
 
 - eager PyTorch (``model(*inputs)`` under no_grad),
-- memplan's emitted Python (``memplan.compile(model, inputs)``),
-- memplan's emitted Python for the same model exported to ONNX
+- memplan's emitted Python without the arena (values freed at last use, in
+  memplan's order): what capture + code generation cost by themselves,
+- the same for the model exported to ONNX
   (``torch.onnx.export(..., dynamo=True)`` then ``memplan.compile(path)``),
 
 and prints them beside memplan's planned peak, with the max abs difference
@@ -30,6 +31,8 @@ from measure import MiB, eager_activation_peak, timeline_peak  # noqa: E402
 import memplan  # noqa: E402
 from memplan import zoo  # noqa: E402
 
+NO_ARENA = ["verify", "canonicalize", "schedule", "verify_plan"]
+
 DEFAULT_FAMILIES = [("gpt2", {}), ("gpt2", {"n_layer": 12}), ("bert", {}), ("llama", {}),
                     ("resnet50", {}), ("unet", {})]
 
@@ -38,7 +41,7 @@ def measure_family(name: str, kwargs: dict) -> dict:
     """Eager vs emitted-code activation peaks (bytes) for one zoo family."""
     model, inputs = zoo.build(name, **kwargs)
     start = time.perf_counter()
-    cm = memplan.compile(model, inputs)
+    cm = memplan.compile(model, inputs, pipeline=NO_ARENA)
     compile_s = time.perf_counter() - start
     with torch.no_grad():
         reference = model(*inputs)
@@ -49,7 +52,7 @@ def measure_family(name: str, kwargs: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.onnx"
         zoo.export_onnx(name, path, **kwargs)
-        cm_onnx = memplan.compile(str(path), inputs)
+        cm_onnx = memplan.compile(str(path), inputs, pipeline=NO_ARENA)
         via_onnx = timeline_peak(cm_onnx, *inputs)
         diff = max(diff, (via_onnx["result"] - reference).abs().max().item())
     return {"model": label, "nodes": len(cm.graph.nodes), "eager": eager, "memplan": emitted["activation_peak"],

@@ -59,7 +59,7 @@ def cmd_lower(args) -> int:
     if "report" in emits:
         from memplan.report import write_report
         written.extend(write_report(cm.plan, out, stem))
-    console.print(cm.plan.summary())
+    console.print(cm.plan.summary(), soft_wrap=True, markup=False)
     for line in cm.log:
         console.print(f"  {line}")
     for w in written:
@@ -87,7 +87,7 @@ def cmd_show(args) -> int:
         except (ValueError, TypeError) as exc:
             raise MemplanError(f"{path}: not a memplan plan file ({str(exc).splitlines()[0]})") from None
         ir_path = path.with_name(path.name[: -len(".plan.json")] + ".mir")
-        console.print(plan.summary())
+        console.print(plan.summary(), soft_wrap=True, markup=False)
         if ir_path.is_file():
             graph = parse(ir_path.read_text())
             verify(graph)
@@ -100,7 +100,7 @@ def cmd_show(args) -> int:
     verify(graph)
     live = liveness(graph)
     if not args.quiet:
-        console.print(str(graph), markup=False)
+        print(str(graph))
     from rich.table import Table
     table = Table(title=f"graph {graph.name} ({path})")
     table.add_column("what")

@@ -81,6 +81,12 @@ def allocate(graph, plan, ctx):
         "buffers": len(buffers)})
     if budget is not None and planned > budget:
         raise budget_error(graph, plan, live, budget, planned)
+    tier_room = ctx.target.main_tier.capacity - live.resident_bytes
+    if planned > tier_room:
+        raise budget_error(graph, plan, live, max(tier_room, 0), planned,
+                           f"target {ctx.target.name!r}: tier {tier!r} holds "
+                           f"{format_bytes(ctx.target.main_tier.capacity)}, of which inputs and weights take "
+                           f"{format_bytes(live.resident_bytes)}")
     return plan
 
 
@@ -122,13 +128,14 @@ def joint_order(graph, plan, temps) -> list[str]:
     return candidates[best]
 
 
-def budget_error(graph, plan, live: Liveness, budget: int, best: int) -> BudgetInfeasibleError:
+def budget_error(graph, plan, live: Liveness, budget: int, best: int, what: str = "") -> BudgetInfeasibleError:
     """The error a user gets when no plan fits: best peak, lower bound, what is live at the peak."""
     bound = plan.stats.get("lower_bound_bytes", 0)
     top = live.top_buffers(5)
     listing = ", ".join(f"%{r.value} {format_bytes(r.nbytes)} ({r.source or 'graph'})" for r in top)
     return BudgetInfeasibleError(
-        f"no plan fits the memory budget of {format_bytes(budget)}: the smallest peak memplan found is "
+        f"no plan fits the memory budget of {format_bytes(budget)}{' (' + what + ')' if what else ''}: "
+        f"the smallest peak memplan found is "
         f"{format_bytes(best)} (lower bound {format_bytes(bound)}); at its peak step {live.peak_step} "
         f"(node {live.schedule[live.peak_step]}) the largest live buffers are: {listing}",
         budget=budget, best_peak=best, lower_bound=bound,
