@@ -129,8 +129,8 @@ def test_unsupported_aten_op_names_op_and_module():
 def test_dump_ir_after_every_pass(tmp_path):
     memplan.compile(_mlp(), (torch.randn(5, 8),), dump_ir_after="all", dump_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files[:2] == ["00-verify.mir", "01-canonicalize.mir"]
-    assert "02-schedule.plan.json" in files
-    assert (tmp_path / "01-canonicalize.mir").read_text().startswith("# memplan IR after pass 'canonicalize'")
+    assert files[:3] == ["00-verify.mir", "01-fold_batchnorm.mir", "02-canonicalize.mir"]
+    assert "04-schedule.plan.json" in files and "05-allocate.plan.json" in files
+    assert (tmp_path / "02-canonicalize.mir").read_text().startswith("# memplan IR after pass 'canonicalize'")
     from memplan.ir.parser import parse
-    parse((tmp_path / "02-schedule.mir").read_text())
+    parse((tmp_path / "04-schedule.mir").read_text())

@@ -52,6 +52,8 @@ def allocate(graph, plan, ctx):
     if ctx.options.get("joint", True):
         plan.schedule = joint_order(graph, plan, temps)
     live = liveness(graph, plan.schedule, temps=temps)
+    from memplan.passes.schedule import liveness_stats
+    plan.stats.update(liveness_stats(graph, live))  # the joint choice may have changed the order
     plan.stats["live_profile"] = live.live_bytes
     buffers, outside = arena_buffers(graph, live)
     extra = max(outside_bytes(live, outside), default=0)

@@ -10,6 +10,9 @@
   ``aten.view`` where the eager layout allows a view, and
   ``aten.clone(memory_format=contiguous)`` + ``aten.view`` elsewhere: the
   same decomposition torch.export applies.
+- ``aten.relu(x)`` becomes ``aten.clamp_min(x, 0)`` (the same values, NaN
+  included): ``relu.out`` allocates a temporary as large as its output,
+  ``clamp_min.out`` writes straight into its slot.
 - Nodes none of whose outputs reach a graph output, and params no node
   reads, are removed.
 """
@@ -39,6 +42,9 @@ def canonicalize(graph: Graph, ctx) -> Graph:
     for node in graph.nodes:
         node.args = map_values(node.args, lambda v: replace.get(v.name, v))
         node.kwargs = map_values(node.kwargs, lambda v: replace.get(v.name, v))
+        if node.op == "aten.relu.default" and len(node.args) == 1 and not node.kwargs:
+            node.op, node.args = "aten.clamp_min.default", (node.args[0], 0)
+            node.source_op = node.source_op or "aten.relu.default"
         if _is_identity_copy(node) and node.outputs[0].name not in outputs:
             replace[node.outputs[0].name] = node.inputs[0]
             continue
