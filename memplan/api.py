@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from memplan.backends.mkldnn import prepack
 from memplan.backends.pytorch import emit_python, load_python
 from memplan.errors import InputMismatchError, MemplanError, ModelLoadError
 from memplan.ir.graph import Graph
@@ -31,7 +32,7 @@ class CompiledModule:
         self.log = log
         self.source = emit_python(graph, plan)
         self._run = load_python(self.source, f"memplan_{graph.name}")
-        self._weights = graph.weights
+        self._weights = prepack(graph)
 
     @property
     def ir(self) -> str:

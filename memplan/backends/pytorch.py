@@ -101,7 +101,9 @@ def emit_python(graph: Graph, plan: Plan) -> str:
         node = by_name[node_name]
         origin = ", ".join(x for x in (_short_op(node.source_op or node.op), node.source) if x)
         comment = f"  # {step}: from {origin}"
-        if use_arena:
+        if node.reuses is not None:
+            body += _inplace_step(node, names, comment)
+        elif use_arena:
             body += _arena_step(node, names, offsets, strides, comment)
         else:
             body.append(f"{_targets(node, names)} = {_call(node, names)}{comment}")
@@ -205,6 +207,21 @@ def _arena_step(node, names, offsets, strides, comment) -> list[str]:
     lines.append(f"{_targets(node, names)} = {_call(node, names)}{comment} (no out= variant)")
     for v in in_arena:
         lines.append(f"{names(v)} = {_slot(v, offsets, strides)}.copy_({names(v)})")
+    return lines
+
+
+def _inplace_step(node, names, comment) -> list[str]:
+    """A node that writes over its input ``node.reuses`` (the ``inplace`` pass): its output *is*
+    that input's tensor, arena slot or not."""
+    v = node.outputs[0]
+    reused = next(x for x in node.inputs if x.name == node.reuses)
+    lines = [f"{names(v)} = {names(reused)}"]
+    out = out_variant(node.op)
+    if out is not None:
+        out_op, out_args = out
+        lines.append(f"{_call(node, names, out_op, f'{out_args[0]}={names(v)}')}{comment} (in place)")
+    else:
+        lines.append(f"{names(v)}.copy_({_call(node, names)}){comment} (in place; no out= variant)")
     return lines
 
 

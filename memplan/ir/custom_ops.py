@@ -7,3 +7,100 @@ Each op registers a torch reference implementation with
 from __future__ import annotations
 
 from memplan.ir.ops import OpKind, register_op  # noqa: F401
+
+import math
+
+import torch
+
+from memplan.ir.ops import _conv_flops  # noqa: E402
+
+
+def _pointwise_conv(x, weight, bias, stride, padding, dilation, groups, activation="none"):
+    """A 2-D convolution (plus ``activation``: ``"none"`` or ``"relu"``) by oneDNN, in channels-last
+    layout: ``relu?(conv2d(x, weight, bias))``. ``weight`` is the plain weight, or the same weight
+    prepacked by :func:`memplan.backends.mkldnn.prepack` (what the compiled module passes)."""
+    return torch.ops.mkldnn._convolution_pointwise.default(
+        x, weight, bias, list(padding), list(stride), list(dilation), groups, activation, [], None)
+
+
+def _pointwise_conv_out(x, weight, bias, stride, padding, dilation, groups, activation="none", *, out):
+    """:func:`_pointwise_conv` written into ``out``: oneDNN's in-place "sum" form
+    (``out = act(conv(x) + out)``) over a zeroed ``out``; no temporary besides oneDNN's own."""
+    out.zero_()
+    torch.ops.mkldnn._convolution_pointwise_.binary(
+        out, x, weight, bias, list(padding), list(stride), list(dilation), groups, "add", None,
+        None if activation == "none" else activation, [], None)
+    return out
+
+
+_pointwise_conv.out = _pointwise_conv_out
+
+MKLDNN_CONV2D = "memplan.mkldnn_conv2d"
+register_op(MKLDNN_CONV2D, OpKind.OPAQUE, _pointwise_conv, flops=_conv_flops, out_args=["out"])
+
+
+def _constant_pad_nd_out(x, pad, value=0.0, *, out):
+    """``aten.constant_pad_nd`` written into ``out`` (aten's ``out=`` form computes a temporary and
+    copies it): fill ``out`` with ``value``, then copy ``x`` into its interior (negative pads crop)."""
+    src = [slice(None)] * x.dim()
+    dst = [slice(None)] * x.dim()
+    for i in range(len(pad) // 2):
+        d = x.dim() - 1 - i
+        lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+        src[d] = slice(max(-lo, 0), x.shape[d] - max(-hi, 0))
+        dst[d] = slice(max(lo, 0), out.shape[d] - max(hi, 0))
+    out.fill_(0 if value is None else value)
+    out[tuple(dst)].copy_(x[tuple(src)])
+    return out
+
+
+def _constant_pad_nd(x, pad, value=0.0):
+    return torch.ops.aten.constant_pad_nd.default(x, pad, value)
+
+
+_constant_pad_nd.out = _constant_pad_nd_out
+CONSTANT_PAD_OUT = "memplan.constant_pad_nd"
+register_op(CONSTANT_PAD_OUT, OpKind.INJECTIVE, _constant_pad_nd, out_args=["out"])
+
+
+def _pair(v, default=None):
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        v = default
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def _max_pool2d_out(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False, *, out):
+    """``aten.max_pool2d`` written into ``out`` with no scratch: ``out`` starts at -inf and takes the
+    elementwise maximum with each of the ``kh·kw`` strided windows of ``x`` (aten's ``out=`` form goes
+    through ``max_pool2d_with_indices``: int64 indices plus a copied result, three times ``out``)."""
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride, kernel_size)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    H, W = x.shape[-2:]
+    Ho, Wo = out.shape[-2:]
+    out.fill_(-math.inf)
+
+    def span(i, k_step, s, p, n_in, n_out):  # output range whose window tap i reads inside the input
+        first = max(0, -((i * k_step - p) // s)) if i * k_step < p else 0
+        last = min(n_out, (n_in - 1 + p - i * k_step) // s + 1)
+        return first, last
+    for i in range(kh):
+        r0, r1 = span(i, dh, sh, ph, H, Ho)
+        for j in range(kw):
+            c0, c1 = span(j, dw, sw, pw, W, Wo)
+            if r0 >= r1 or c0 >= c1:
+                continue
+            rs, cs = r0 * sh - ph + i * dh, c0 * sw - pw + j * dw
+            window = x[..., rs:rs + (r1 - r0 - 1) * sh + 1:sh, cs:cs + (c1 - c0 - 1) * sw + 1:sw]
+            dst = out[..., r0:r1, c0:c1]
+            torch.maximum(dst, window, out=dst)
+    return out
+
+
+def _max_pool2d(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    return torch.ops.aten.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+_max_pool2d.out = _max_pool2d_out
+register_op("memplan.max_pool2d", OpKind.OPAQUE, _max_pool2d, out_args=["out"])

@@ -47,6 +47,8 @@ class Node:
     ``op`` is a registry name (``aten.addmm.default``, ``memplan.fused``);
     ``source`` traces the node to the model: the module path or ONNX node
     name, and ``source_op`` the op it came from in the source model.
+    ``reuses`` names the input whose storage the (single) output overwrites in
+    place (set by the ``inplace`` pass; None: the output has storage of its own).
     """
 
     name: str
@@ -57,6 +59,7 @@ class Node:
     source: str = ""
     source_op: str = ""
     subgraph: "Graph | None" = None
+    reuses: str | None = None
 
     @property
     def inputs(self) -> list[Value]:
@@ -212,7 +215,7 @@ def _structure(g: Graph):
         [(v.name, str(v.type)) for v in g.inputs],
         [(v.name, str(v.type)) for v in g.params],
         [(n.name, n.op, arg(n.args), arg(n.kwargs), [(v.name, str(v.type)) for v in n.outputs],
-          n.source, n.source_op, _structure(n.subgraph) if n.subgraph is not None else None)
+          n.source, n.source_op, _structure(n.subgraph) if n.subgraph is not None else None, n.reuses)
          for n in g.nodes],
         [v.name for v in g.outputs],
     )

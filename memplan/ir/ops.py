@@ -48,6 +48,7 @@ class OpDef:
     view: bool = False
     flops: Callable[[Node], int] | None = None
     infer: Callable[[Node], list[TensorType]] | None = None
+    out_args: list[str] | None = None  # custom ops: keyword names of ``impl.out``'s outputs
 
     def flop_count(self, node: Node) -> int:
         if self.flops is not None:
@@ -194,11 +195,15 @@ _CACHE: dict[str, OpDef] = {}
 
 
 def register_op(name: str, kind: OpKind, impl: Callable, *, view: bool = False,
-                flops: Callable | None = None, infer: Callable | None = None) -> OpDef:
-    """Register a ``memplan.*`` op with a torch reference implementation."""
+                flops: Callable | None = None, infer: Callable | None = None,
+                out_args: list[str] | None = None) -> OpDef:
+    """Register a ``memplan.*`` op with a torch reference implementation. With ``out_args``,
+    ``impl.out(*args, **{name: tensor})`` writes the results into given tensors (its ``out=`` form)."""
     if not name.startswith("memplan."):
         raise ValueError(f"custom ops live in the memplan namespace, got {name!r}")
-    opdef = OpDef(name, kind, impl, view, flops, infer)
+    if out_args and not callable(getattr(impl, "out", None)):
+        raise ValueError(f"{name}: out_args given but the implementation has no .out")
+    opdef = OpDef(name, kind, impl, view, flops, infer, out_args)
     _CUSTOM[name] = opdef
     return opdef
 
@@ -258,7 +263,11 @@ def out_variant(name: str) -> tuple[str, list[str]] | None:
     if name in _OUT_CACHE:
         return _OUT_CACHE[name]
     result = None
-    if name.startswith("aten.") and not lookup(name).view:
+    if name in _OUT_OVERRIDES:
+        result = (f"{_OUT_OVERRIDES[name]}.out", list(_CUSTOM[_OUT_OVERRIDES[name]].out_args))
+    elif name in _CUSTOM and _CUSTOM[name].out_args:
+        result = (f"{name}.out", list(_CUSTOM[name].out_args))
+    elif name.startswith("aten.") and not lookup(name).view:
         from torch._library._out_variant import get_out_arg_names, to_out_variant
         try:
             out_op = to_out_variant(resolve_aten(name))
@@ -272,6 +281,16 @@ def out_variant(name: str) -> tuple[str, list[str]] | None:
 
 
 _OUT_CACHE: dict[str, tuple[str, list[str]] | None] = {}
+# aten ops whose own out= form computes a temporary and copies it: memplan's writes in place
+_OUT_OVERRIDES = {"aten.constant_pad_nd.default": "memplan.constant_pad_nd",
+                  "aten.max_pool2d.default": "memplan.max_pool2d"}
+
+
+def resolve_out(out_name: str):
+    """The callable of an ``out=`` overload named by :func:`out_variant`."""
+    if out_name.startswith("memplan.") and out_name.endswith(".out"):
+        return _CUSTOM[out_name[: -len(".out")]].impl.out
+    return resolve_aten(out_name)
 
 
 def is_view(name: str) -> bool:

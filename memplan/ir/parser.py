@@ -19,7 +19,7 @@ import sympy
 import torch
 
 from memplan.errors import IRParseError
-from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value
+from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value, iter_values
 from memplan.ir.types import DTYPES, TensorType, sym
 
 _TYPED_VALUE = re.compile(r"%([\w.]+)\s*:\s*(\w+)\[([^\]]*)\]")
@@ -135,6 +135,12 @@ def _parse_node(lines, pos: int, scope: dict[str, Value]) -> tuple[Node, int]:
     label = re.match(r"\[([\w.]+)\]\s*", rest)
     if label:
         name, rest = label.group(1), rest[label.end():]
+    reuses = None
+    reuse = re.match(r"reuses\(%([\w.]+)\)\s*", rest)
+    if reuse:
+        reuses, rest = reuse.group(1), rest[reuse.end():]
+        if not any(v.name == reuses for v in iter_values((args, kwargs))):
+            raise IRParseError(f"line {lineno}: reuses(%{reuses}) names a value the call does not read")
     source = source_op = ""
     loc = re.match(r"loc\(", rest)
     if loc:
@@ -151,7 +157,7 @@ def _parse_node(lines, pos: int, scope: dict[str, Value]) -> tuple[Node, int]:
         subgraph, pos = _parse_graph(lines, pos - 1, rest)
     elif rest:
         raise IRParseError(f"line {lineno}: unexpected text {rest!r} after the call")
-    node = Node(name or outputs[0].name, op, tuple(args), kwargs, outputs, source, source_op, subgraph)
+    node = Node(name or outputs[0].name, op, tuple(args), kwargs, outputs, source, source_op, subgraph, reuses)
     for v in outputs:
         v.producer = node
     return node, pos

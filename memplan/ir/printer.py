@@ -11,7 +11,8 @@
 
 Every value prints with its type; every node with its provenance
 (``loc(module path or ONNX node, source op)``) and, after ``#``, its output
-bytes. Arguments are Python literals with ``%name`` for values. A node that
+bytes. A node that writes its output over an input's storage (see the
+``inplace`` pass) says so with ``reuses(%input)`` before its ``loc``. Arguments are Python literals with ``%name`` for values. A node that
 holds a sub-graph prints it as an indented block after the call. The parser
 (:mod:`memplan.ir.parser`) reads this back: ``parse(print_graph(g)) == g``.
 """
@@ -105,7 +106,11 @@ def print_node(node: Node, indent: str = "") -> list[str]:
     size = " + ".join(_bytes(v) for v in node.outputs)
     if _is_view(node):
         size = f"view of %{node.inputs[0].name}"
-    line = f"{indent}{outs} = {format_call(node)}{label}{loc}"
+    reuses = ""
+    if node.reuses is not None:
+        reuses = f" reuses(%{node.reuses})"
+        size = f"in place of %{node.reuses}"
+    line = f"{indent}{outs} = {format_call(node)}{label}{reuses}{loc}"
     if node.subgraph is not None:
         body = print_graph(node.subgraph, indent).split("\n")
         return [f"{line} {body[0].strip()}  # {size}"] + body[1:]

@@ -42,6 +42,8 @@ def verify(graph: Graph, *, check_shapes: bool = True) -> None:
             if v.producer is not node:
                 raise IRVerificationError(f"{where}: output %{v.name} does not name this node as producer")
             define(v, where)
+        if node.reuses is not None:
+            _check_reuse(node, where)
         if node.subgraph is not None:
             if len(node.subgraph.inputs) != len(node.inputs):
                 raise IRVerificationError(
@@ -60,3 +62,16 @@ def verify(graph: Graph, *, check_shapes: bool = True) -> None:
     for v in graph.outputs:
         if defined.get(v.name) is not v:
             raise IRVerificationError(f"graph {graph.name}: output %{v.name} is not defined")
+
+
+def _check_reuse(node, where: str) -> None:
+    """An in-place node overwrites an input of its own with exactly as many bytes of the same type."""
+    reused = next((v for v in node.inputs if v.name == node.reuses), None)
+    if reused is None:
+        raise IRVerificationError(f"{where}: reuses %{node.reuses}, which it does not read")
+    if len(node.outputs) != 1 or node.subgraph is not None or lookup(node.op).view:
+        raise IRVerificationError(f"{where}: only a single-output, non-view op can write in place")
+    out = node.outputs[0]
+    if out.type != reused.type:
+        raise IRVerificationError(f"{where}: output %{out.name} ({out.type}) cannot reuse "
+                                  f"%{reused.name} ({reused.type}): types differ")

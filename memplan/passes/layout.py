@@ -15,9 +15,17 @@ from memplan.ir.graph import Graph, map_values
 from memplan.ir.ops import flatten_outputs, lookup
 
 
-def eager_strides(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """value name -> strides of that value when the graph runs eagerly on the CPU."""
+_PLAIN_VIEWS = {"aten.view.default", "aten._unsafe_view.default"}
+
+
+def eager_strides(graph: Graph, *, repair_views: bool = False) -> dict[str, tuple[int, ...]]:
+    """value name -> strides of that value when the graph runs eagerly on the CPU.
+
+    ``repair_views``: a ``view`` whose input's layout cannot serve it (a pass changed that
+    layout) gets a contiguous copy of its input inserted before it, in ``graph`` itself.
+    """
     strides: dict[str, tuple[int, ...]] = {}
+    nodes = []
     with FakeTensorMode(allow_non_fake_inputs=False) as mode:
         env = {}
         for v in graph.inputs:
@@ -26,13 +34,27 @@ def eager_strides(graph: Graph) -> dict[str, tuple[int, ...]]:
             data = graph.weights.get(v.name)
             env[v.name] = (mode.from_tensor(data) if data is not None else
                            torch.empty(tuple(int(d) for d in v.type.shape), dtype=v.type.torch_dtype))
-        for node in graph.nodes:
+        for node in list(graph.nodes):
             opdef = lookup(node.op, node=node.name)
             args = map_values(node.args, lambda v: env[v.name])
             kwargs = map_values(node.kwargs, lambda v: env[v.name])
-            results = flatten_outputs(opdef.impl(*args, **kwargs))
+            try:
+                results = flatten_outputs(opdef.impl(*args, **kwargs))
+            except (RuntimeError, ValueError):
+                if not (repair_views and node.op in _PLAIN_VIEWS):
+                    raise
+                src = node.args[0]
+                (dense,) = graph.add_node("aten.clone.default", (src,), {"memory_format": torch.contiguous_format},
+                                          [src.type], name=f"{node.name}_contiguous", source=node.source,
+                                          source_op=node.source_op)
+                nodes.append(graph.nodes.pop())
+                env[dense.name] = env[src.name].contiguous()
+                node.args = (dense, *node.args[1:])
+                results = flatten_outputs(opdef.impl(env[dense.name], *args[1:], **kwargs))
+            nodes.append(node)
             for v, t in zip(node.outputs, results):
                 env[v.name] = t
+    graph.nodes = nodes
     for name, t in env.items():
         strides[name] = tuple(t.stride())
     return strides

@@ -3,7 +3,8 @@
 For a schedule (an order of the graph's nodes) a value is live from the step
 that produces it to the last step that reads it (graph outputs: to the end).
 A view (``OpDef.view``) owns no bytes: it aliases its base, and extends the
-base's live range to its own last use. Bytes are counted once per storage
+base's live range to its own last use; so does the output of a node that
+writes in place over an input (``Node.reuses``, see the ``inplace`` pass). Bytes are counted once per storage
 root. Graph inputs and weights are resident for the whole run and are
 reported apart from the activations the planner controls.
 """
@@ -46,9 +47,12 @@ class Liveness:
 
 
 def storage_roots(graph: Graph) -> dict[str, str]:
-    """value name -> name of the value whose storage it uses (itself unless a view)."""
+    """value name -> name of the value whose storage it uses (itself unless a view or written in place)."""
     root: dict[str, str] = {v.name: v.name for v in graph.values()}
     for node in graph.nodes:
+        if node.reuses is not None:
+            root[node.outputs[0].name] = root[node.reuses]
+            continue
         opdef = lookup(node.op, node=node.name)
         if opdef.view and node.inputs:
             base = root[node.inputs[0].name]

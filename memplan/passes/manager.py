@@ -53,7 +53,7 @@ class PassContext:
     log: list[str] = field(default_factory=list)
 
 
-DEFAULT_PIPELINE = ["verify", "fold_batchnorm", "canonicalize", "lower_conv", "schedule", "allocate", "verify_plan"]
+DEFAULT_PIPELINE = ["verify", "fold_batchnorm", "mkldnn_conv", "canonicalize", "lower_conv", "inplace", "schedule", "allocate", "verify_plan"]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = None, *,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from memplan.ir.graph import Graph, Node, map_values
-from memplan.ir.ops import lookup, out_variant, resolve_aten
+from memplan.ir.ops import lookup, out_variant, resolve_out
 from memplan.ir.printer import format_arg
 from memplan.ir.types import eval_bytes
 from memplan.passes.layout import slot_strides
@@ -37,7 +37,8 @@ def estimate_scratch(graph: Graph) -> dict[str, int]:
     for node in graph.nodes:
         if _writes_in_place(node):
             continue
-        copied = sum(eval_bytes(v.nbytes) for v in node.outputs if roots[v.name] == v.name and v.name not in keep)
+        copied = sum(eval_bytes(v.nbytes) for v in node.outputs
+                     if (roots[v.name] == v.name or node.reuses is not None) and v.name not in keep)
         if copied:
             temps[node.name] = copied
     return temps
@@ -45,16 +46,21 @@ def estimate_scratch(graph: Graph) -> dict[str, int]:
 
 def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]]) -> dict[str, int]:
     """Scratch bytes of every step, measured on this host (see the module docstring)."""
+    from memplan.backends.mkldnn import prepack
+
     roots = storage_roots(graph)
     keep = {roots[v.name] for v in graph.outputs}
+    weights = prepack(graph)  # what the compiled module runs on
     temps: dict[str, int] = {}
     for node in graph.nodes:
         if node.subgraph is not None or lookup(node.op).view:
             continue
-        in_arena = [roots[v.name] == v.name and v.name not in keep for v in node.outputs]
+        # an in-place output is written into its input's slot, like any slot of the arena
+        in_arena = [(roots[v.name] == v.name or node.reuses is not None) and v.name not in keep
+                    for v in node.outputs]
         key = _signature(node, in_arena, strides)
         if key not in _CACHE:
-            _CACHE[key] = _measure_any(node, graph, strides, in_arena)
+            _CACHE[key] = _measure_any(node, graph, weights, strides, in_arena)
         if _CACHE[key]:
             temps[node.name] = _CACHE[key]
     return temps
@@ -73,23 +79,24 @@ def _signature(node: Node, in_arena, strides) -> tuple:
     return (node.op, args, kwargs, tuple(in_arena))
 
 
-def _measure_any(node: Node, graph: Graph, strides, in_arena) -> int:
+def _measure_any(node: Node, graph: Graph, weights, strides, in_arena) -> int:
     """Measure with integer inputs 0 (valid indices), then 1 (valid divisors); if the op rejects
     both, count its copied result only (the static estimate)."""
     for fill in (0, 1):
         try:
-            return _measure(node, graph, strides, in_arena, fill)
+            return _measure(node, weights, strides, in_arena, fill)
         except (RuntimeError, IndexError, ValueError):
             continue
     roots = storage_roots(graph)
     return 0 if _writes_in_place(node) else sum(
-        eval_bytes(v.nbytes) for v, arena in zip(node.outputs, in_arena) if arena and roots[v.name] == v.name)
+        eval_bytes(v.nbytes) for v, arena in zip(node.outputs, in_arena)
+        if arena and (roots[v.name] == v.name or node.reuses is not None))
 
 
-def _example(value, graph: Graph, strides, fill: int) -> torch.Tensor:
+def _example(value, weights, strides, fill: int) -> torch.Tensor:
     """A real tensor for ``value``: the weight itself, else ``fill`` for integers or random floats."""
-    if value.name in graph.weights:
-        return graph.weights[value.name]
+    if value.name in weights:
+        return weights[value.name]
     t = value.type
     shape = [int(d) for d in t.shape]
     out = torch.empty_strided(shape, slot_strides(shape, strides.get(value.name)), dtype=t.torch_dtype)
@@ -100,12 +107,12 @@ def _example(value, graph: Graph, strides, fill: int) -> torch.Tensor:
     return out
 
 
-def _measure(node: Node, graph: Graph, strides, in_arena, fill: int) -> int:
+def _measure(node: Node, weights, strides, in_arena, fill: int) -> int:
     from memplan.profiling import timeline_peak
 
     opdef = lookup(node.op)
-    args = map_values(node.args, lambda v: _example(v, graph, strides, fill))
-    kwargs = map_values(node.kwargs, lambda v: _example(v, graph, strides, fill))
+    args = map_values(node.args, lambda v: _example(v, weights, strides, fill))
+    kwargs = map_values(node.kwargs, lambda v: _example(v, weights, strides, fill))
     out = out_variant(node.op) if any(in_arena) else None
     if out is None:
         def call():
@@ -119,7 +126,7 @@ def _measure(node: Node, graph: Graph, strides, in_arena, fill: int) -> int:
     outs = {name: torch.empty_strided([int(d) for d in v.type.shape], slot_strides(v.type.shape, strides.get(v.name)),
                                       dtype=v.type.torch_dtype)
             for name, v in zip(out_args, node.outputs)}
-    target = resolve_aten(out_name)
+    target = resolve_out(out_name)
 
     def call_out():
         with torch.inference_mode():

@@ -5,7 +5,9 @@ storage root (views alias their base) and last read from the graph and the
 schedule alone, then simulates the run step by step and rejects the plan if
 
 - a node runs twice, never, or before a value it reads exists;
-- a value is read after its storage was freed;
+- a value is read after its storage was freed, or after a node overwrote
+  its storage in place (``Node.reuses``); an in-place node reads another
+  alias of the bytes it overwrites, or writes more bytes than they hold;
 - a buffer has no slot, is misaligned, or reaches past the arena;
 - two buffers live at the same time overlap in the arena;
 - the arena (plus what lives outside it, plus inputs and weights) exceeds the
@@ -29,7 +31,9 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
     nodes = {n.name: n for n in graph.nodes}
     root = {v.name: v.name for v in graph.values()}
     for n in graph.nodes:  # storage roots, re-derived here on purpose
-        if is_view(n.op) and n.inputs:
+        if n.reuses is not None:
+            root[n.outputs[0].name] = root[n.reuses]
+        elif is_view(n.op) and n.inputs:
             for v in n.outputs:
                 root[v.name] = root[n.inputs[0].name]
     last_read: dict[str, int] = {}
@@ -50,6 +54,8 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
     freed: set[str] = set()
     live: dict[str, tuple[int, int]] = {}  # root -> (offset, end) of buffers live in the arena
     seen: set[str] = set()
+    values_of: dict[str, list[str]] = {}  # root -> values produced so far that use its storage
+    clobbered: dict[str, str] = {}  # value -> the node that overwrote its storage in place
     for step, name in enumerate(plan.schedule):
         node = nodes[name]
         if name in seen:
@@ -61,8 +67,14 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
             if root[v.name] in freed:
                 raise PlanVerificationError(f"step {step}: node {name} reads %{v.name} after its storage "
                                             f"%{root[v.name]} was freed")
+            if v.name in clobbered:
+                raise PlanVerificationError(f"step {step}: node {name} reads %{v.name} after node "
+                                            f"{clobbered[v.name]} overwrote its storage in place")
+        if node.reuses is not None:
+            _check_inplace(step, node, root, values_of, clobbered, {v.name for v in graph.outputs})
         for v in node.outputs:
             available.add(v.name)
+            values_of.setdefault(root[v.name], []).append(v.name)
             if root[v.name] != v.name:
                 continue  # a view: no storage of its own
             size = eval_bytes(v.nbytes)
@@ -87,6 +99,27 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
         if v.name not in available:
             raise PlanVerificationError(f"graph output %{v.name} is never produced")
     _check_capacity(graph, plan, target, end)
+
+
+def _check_inplace(step, node, root, values_of, clobbered, graph_outputs):
+    """``node`` overwrites the storage of its input ``node.reuses``: every value using that storage
+    so far is dead from now on (reading one later is a fault, caught by the caller)."""
+    reused = next((v for v in node.inputs if v.name == node.reuses), None)
+    if reused is None or len(node.outputs) != 1:
+        raise PlanVerificationError(f"step {step}: node {node.name} writes in place over %{node.reuses}, "
+                                    f"which is not one of its inputs (or it has several outputs)")
+    r = root[reused.name]
+    others = [v.name for v in node.inputs if root[v.name] == r and v.name != reused.name]
+    if others:
+        raise PlanVerificationError(f"step {step}: node {node.name} overwrites %{reused.name} in place while "
+                                    f"reading %{others[0]}, another alias of the same storage %{r}")
+    if eval_bytes(node.outputs[0].nbytes) > eval_bytes(reused.nbytes):
+        raise PlanVerificationError(f"step {step}: node {node.name} writes {eval_bytes(node.outputs[0].nbytes)} "
+                                    f"bytes in place over %{reused.name}, which holds {eval_bytes(reused.nbytes)}")
+    for v in values_of.get(r, []):
+        if v in graph_outputs:
+            raise PlanVerificationError(f"step {step}: node {node.name} overwrites graph output %{v} in place")
+        clobbered.setdefault(v, node.name)
 
 
 def _place(step, node, name, size, in_arena, arena, live, arena_bytes, alignment):

@@ -1,0 +1,96 @@
+"""Pass ``inplace``: an elementwise op writes its result over an input that dies with it.
+
+``y = relu(conv(x))``: run functionally, the convolution's output and the
+relu's are live at once, twice the bytes eager PyTorch needs with
+``ReLU(inplace=True)``. Captured graphs are functional (torch.export
+functionalises ``relu_``; ONNX has no in-place ops), so memplan decides it
+again, statically: node ``n`` may overwrite input ``x`` when
+
+- ``n`` is elementwise or broadcast (each output element depends only on the
+  input elements at the same index: aten's ``out=`` kernels allow ``out`` to
+  be exactly an input), has one output, and is not a copy (``clone``,
+  ``_to_copy``: those exist to get a buffer of their own);
+- the output has ``x``'s type and the layout eager gives it equals ``x``'s,
+  which is dense;
+- ``x``'s storage (its root, through views and earlier in-place writes) was
+  produced by a node, holds no graph output, and ``n`` is the only node that
+  reads it other than the views and in-place writes that make up that
+  storage, and ``n`` reads no other alias of it.
+
+The last condition holds in every order (nobody else ever reads the bytes),
+so scheduling, allocation and the lower bounds stay order-independent: the
+output simply becomes another alias of the input's storage
+(:func:`~memplan.passes.liveness.storage_roots`). The node records it as
+``Node.reuses``, printed ``reuses(%x)`` in the IR; the backend writes with
+``out=x``; :func:`~memplan.passes.verify_plan.verify_plan` rejects a plan that
+reads a value after it was overwritten. Option ``inplace=False`` turns it off.
+"""
+from __future__ import annotations
+
+from memplan.ir.graph import NODE, Graph, Node
+from memplan.ir.ops import OpKind, lookup
+from memplan.passes.layout import eager_strides, is_dense
+from memplan.passes.liveness import storage_roots
+from memplan.passes.manager import register_pass
+
+_KINDS = (OpKind.ELEMENTWISE, OpKind.BROADCAST)
+_COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy"}
+
+
+def _candidate(node: Node) -> bool:
+    if len(node.outputs) != 1 or node.subgraph is not None or node.reuses is not None:
+        return False
+    opdef = lookup(node.op, node=node.name)
+    short = node.op.split(".")[1] if node.op.startswith("aten.") else node.op
+    return opdef.kind in _KINDS and not opdef.view and short not in _COPIES
+
+
+def mark_inplace(graph: Graph) -> list[Node]:
+    """Set ``reuses`` on every node that may write over an input (see the module docstring);
+    return those nodes, in graph order."""
+    candidates = [n for n in graph.nodes if _candidate(n)]
+    if not candidates:
+        return []
+    strides = eager_strides(graph)
+    roots = storage_roots(graph)
+    members: dict[str, list[str]] = {}
+    for name, r in roots.items():
+        members.setdefault(r, []).append(name)
+    kind = {v.name: v.kind for v in graph.values()}
+    producer = {v.name: n.name for n in graph.nodes for v in n.outputs}
+    readers = {name: {n.name for n in nodes} for name, nodes in graph.users().items()}
+    outputs = {v.name for v in graph.outputs}
+    marked = []
+    for node in candidates:
+        out = node.outputs[0]
+        if out.name in outputs:
+            continue
+        for x in dict.fromkeys(node.inputs):
+            r = roots[x.name]
+            if x.type != out.type or kind[r] != NODE or any(m in outputs for m in members[r]):
+                continue
+            shape = [int(d) for d in x.type.shape] if x.type.is_static else None
+            if shape is None or strides.get(x.name) != strides.get(out.name) or not is_dense(shape, strides[x.name]):
+                continue
+            if any(roots[v.name] == r and v.name != x.name for v in node.inputs):
+                continue  # it reads another alias of the bytes it would overwrite
+            inside = {producer[m] for m in members[r] if m in producer}
+            outside_readers = set().union(*(readers[m] for m in members[r])) - inside
+            if outside_readers != {node.name}:
+                continue
+            node.reuses = x.name
+            for m in members.pop(roots[out.name]):
+                roots[m] = r
+                members[r].append(m)
+            marked.append(node)
+            break
+    return marked
+
+
+@register_pass("inplace", kind="graph")
+def inplace(graph, ctx):
+    """Let elementwise ops overwrite an input nobody else reads (``Node.reuses``)."""
+    if ctx.options.get("inplace", True):
+        marked = mark_inplace(graph)
+        ctx.log.append(f"inplace: {len(marked)} of {len(graph.nodes)} nodes write over an input")
+    return graph

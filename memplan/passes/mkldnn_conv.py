@@ -1,0 +1,124 @@
+"""Pass ``mkldnn_conv``: 2-D convolutions run by oneDNN in channels-last layout, relu fused.
+
+On this CPU, ``aten.convolution`` on NCHW tensors reorders its input into a
+blocked layout on every call (scratch as large as the input: 12 MiB for one
+VGG layer at 224×224) and its ``out=`` form computes into a temporary and
+copies (as large again). In channels-last layout oneDNN reads and writes the
+tensors as they are, and ``mkldnn._convolution_pointwise_`` writes into a
+given buffer; with weights prepacked once for the planned input size
+(:mod:`memplan.backends.mkldnn`) a convolution needs no scratch at all and
+runs faster. Measured on this host (64→64 channels, 3×3, 224×224): scratch
+24.6 MiB → 0.01 MiB, 107 → 70 ms.
+
+The pass rewrites every eligible ``aten.convolution`` (2-D, not transposed,
+float32, static shapes, weights a param) into ``memplan.mkldnn_conv2d`` and
+folds a ``relu`` that is its output's only reader into it. The op's output is
+channels-last, and layouts propagate: elementwise ops, pooling and
+concatenation keep it (the strides are found as eager finds them,
+:func:`~memplan.passes.layout.eager_strides`). A ``view`` the new layout
+cannot serve becomes a contiguous copy plus a view, and a graph output whose
+layout changed is copied back to the layout eager returns, so callers see no
+difference. Option ``conv_kernel``: ``"mkldnn"`` (default where oneDNN is
+available) or ``"aten"`` (leave convolutions alone; ``lower_conv`` then
+decides about them).
+"""
+from __future__ import annotations
+
+import torch
+
+from memplan.ir.custom_ops import MKLDNN_CONV2D
+from memplan.ir.graph import NODE, PARAM, Graph, Node
+from memplan.passes.layout import contiguous_strides, eager_strides
+from memplan.passes.manager import register_pass
+
+CONV = "aten.convolution.default"
+_RELU = {"aten.relu.default", "aten.clamp_min.default"}
+
+
+def available() -> bool:
+    """True when this torch build can run oneDNN convolutions on the CPU."""
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+
+
+def _eligible(node: Node, graph: Graph) -> bool:
+    if node.op != CONV or len(node.args) < 9 or node.kwargs:
+        return False
+    x, w, _b, _stride, _padding, dilation, transposed, out_pad, _groups = node.args[:9]
+    if transposed or any(out_pad) or x.type.rank != 4 or not x.type.is_static:
+        return False
+    if x.type.dtype != "f32" or w.kind != PARAM or w.name not in graph.weights:
+        return False
+    return all(isinstance(d, int) for d in dilation)
+
+
+def _fusable_relu(node: Node, users: dict, outputs: set[str]) -> Node | None:
+    """The relu that is the only reader of ``node``'s output, if any."""
+    y = node.outputs[0]
+    readers = users[y.name]
+    if y.name in outputs or len(readers) != 1:
+        return None
+    r = readers[0]
+    if r.op not in _RELU or r.kwargs or r.args[0] is not y:
+        return None
+    if r.op == "aten.clamp_min.default" and (len(r.args) != 2 or r.args[1] != 0):
+        return None
+    return r
+
+
+def rewrite_convolutions(graph: Graph) -> tuple[int, int]:
+    """Rewrite eligible convolutions in place; return (convolutions, relus fused)."""
+    if any(n.op.startswith("aten.as_strided") for n in graph.nodes):
+        return 0, 0  # raw-stride views would read a changed layout wrongly
+    targets = [n for n in graph.nodes if _eligible(n, graph)]
+    if not targets:
+        return 0, 0
+    before = eager_strides(graph)
+    users = graph.users()
+    outputs = {v.name for v in graph.outputs}
+    fused: dict[str, Node] = {}  # relu node name -> the convolution that absorbs it
+    for node in targets:
+        x, w, b, stride, padding, dilation, _t, _op, groups = node.args[:9]
+        relu = _fusable_relu(node, users, outputs)
+        activation = "none"
+        if relu is not None:
+            activation = "relu"
+            fused[relu.name] = node
+            node.outputs = relu.outputs
+            for v in node.outputs:
+                v.producer = node
+            node.source_op = f"{node.source_op} + {relu.source_op or relu.op}"
+        node.op = MKLDNN_CONV2D
+        node.args = (x, w, b, list(stride), list(padding), list(dilation), groups, activation)
+    graph.nodes = [n for n in graph.nodes if n.name not in fused]
+    _repair_layouts(graph, before)
+    return len(targets), len(fused)
+
+
+def _repair_layouts(graph: Graph, before: dict) -> None:
+    """Views the channels-last layout cannot serve copy first; graph outputs keep eager's layout."""
+    after = eager_strides(graph, repair_views=True)
+    new_outputs = []
+    for v in graph.outputs:
+        shape = [int(d) for d in v.type.shape] if v.type.is_static else None
+        if (shape is not None and v.kind == NODE and after.get(v.name) != before.get(v.name)
+                and before.get(v.name) == contiguous_strides(shape)):
+            (v,) = graph.add_node("aten.clone.default", (v,), {"memory_format": torch.contiguous_format},
+                                  [v.type], name=f"{v.name}_nchw", source=v.producer.source,
+                                  source_op=v.producer.source_op)
+        new_outputs.append(v)
+    graph.outputs = new_outputs
+
+
+@register_pass("mkldnn_conv", kind="graph")
+def mkldnn_conv(graph, ctx):
+    """Run 2-D convolutions by oneDNN in channels-last layout, relus fused (``memplan.mkldnn_conv2d``)."""
+    kernel = ctx.options.get("conv_kernel", "mkldnn")
+    if kernel not in ("mkldnn", "aten"):
+        from memplan.errors import MemplanError
+        raise MemplanError(f"option conv_kernel must be 'mkldnn' or 'aten', got {kernel!r}")
+    if kernel == "mkldnn" and available():
+        convs, relus = rewrite_convolutions(graph)
+        if convs:
+            ctx.log.append(f"mkldnn_conv: {convs} convolutions run by oneDNN in channels-last layout, "
+                           f"{relus} relus fused")
+    return graph
