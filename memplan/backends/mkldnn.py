@@ -11,26 +11,28 @@ from __future__ import annotations
 
 import torch
 
-from memplan.ir.custom_ops import MKLDNN_CONV2D
+from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD
 from memplan.ir.graph import PARAM, Graph
+
+CONVS = (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD)
 
 
 def prepack(graph: Graph) -> dict[str, torch.Tensor]:
-    """``graph.weights`` with every weight read only by ``memplan.mkldnn_conv2d`` nodes of one
+    """``graph.weights`` with every weight read only by ``memplan.mkldnn_conv2d*`` nodes of one
     geometry replaced by its oneDNN-packed form."""
     keys: dict[str, set] = {}
     readers: dict[str, int] = {}
     for node in graph.nodes:
         for v in {v.name: v for v in node.inputs}.values():
             readers[v.name] = readers.get(v.name, 0) + 1
-        if node.op == MKLDNN_CONV2D:
+        if node.op in CONVS:
             x, w, _b, stride, padding, dilation, groups = node.args[:7]
             if w.kind == PARAM:
                 key = (tuple(padding), tuple(stride), tuple(dilation), groups, tuple(int(d) for d in x.type.shape))
                 keys.setdefault(w.name, set()).add(key)
     conv_readers: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == MKLDNN_CONV2D and node.args[1].kind == PARAM:
+        if node.op in CONVS and node.args[1].kind == PARAM:
             conv_readers[node.args[1].name] = conv_readers.get(node.args[1].name, 0) + 1
     weights = dict(graph.weights)
     for name, ks in keys.items():

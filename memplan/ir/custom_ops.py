@@ -39,6 +39,32 @@ MKLDNN_CONV2D = "memplan.mkldnn_conv2d"
 register_op(MKLDNN_CONV2D, OpKind.OPAQUE, _pointwise_conv, flops=_conv_flops, out_args=["out"])
 
 
+def _pointwise_conv_add(x, weight, bias, stride, padding, dilation, groups, other, activation="none"):
+    """``act(conv2d(x, weight, bias) + other)`` by oneDNN (a residual connection), channels-last.
+    (Composed here so that meta and fake tensors run it; the planned code calls ``.out``.)"""
+    y = _pointwise_conv(x, weight, bias, stride, padding, dilation, groups).add_(other)
+    return y.relu_() if activation == "relu" else y
+
+
+def _pointwise_conv_add_out(x, weight, bias, stride, padding, dilation, groups, other, activation="none", *, out):
+    """:func:`_pointwise_conv_add` written into ``out``, which may be ``other`` itself (the
+    ``inplace`` pass lets the residual's buffer take the sum): oneDNN's "sum" post-op adds the
+    convolution to what ``out`` holds."""
+    if out.data_ptr() != other.data_ptr() or out.stride() != other.stride():
+        out.copy_(other)
+    torch.ops.mkldnn._convolution_pointwise_.binary(
+        out, x, weight, bias, list(padding), list(stride), list(dilation), groups, "add", None,
+        None if activation == "none" else activation, [], None)
+    return out
+
+
+_pointwise_conv_add.out = _pointwise_conv_add_out
+MKLDNN_CONV2D_ADD = "memplan.mkldnn_conv2d_add"
+register_op(MKLDNN_CONV2D_ADD, OpKind.OPAQUE, _pointwise_conv_add, flops=_conv_flops, out_args=["out"])
+# ops that may write over some of their inputs (by argument position) besides elementwise ones
+INPLACE_ARGS = {MKLDNN_CONV2D_ADD: (7,)}
+
+
 def _constant_pad_nd_out(x, pad, value=0.0, *, out):
     """``aten.constant_pad_nd`` written into ``out`` (aten's ``out=`` form computes a temporary and
     copies it): fill ``out`` with ``value``, then copy ``x`` into its interior (negative pads crop)."""

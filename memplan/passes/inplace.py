@@ -9,16 +9,19 @@ again, statically: node ``n`` may overwrite input ``x`` when
 - ``n`` is elementwise or broadcast (each output element depends only on the
   input elements at the same index: aten's ``out=`` kernels allow ``out`` to
   be exactly an input), has one output, and is not a copy (``clone``,
-  ``_to_copy``: those exist to get a buffer of their own);
+  ``_to_copy``: those exist to get a buffer of their own); or ``n`` is an op
+  listed in ``custom_ops.INPLACE_ARGS`` and ``x`` one of the inputs listed
+  there (a convolution plus residual adds into the residual's buffer);
 - the output has ``x``'s type and the layout eager gives it equals ``x``'s,
   which is dense;
 - ``x``'s storage (its root, through views and earlier in-place writes) was
-  produced by a node, holds no graph output, and ``n`` is the only node that
-  reads it other than the views and in-place writes that make up that
-  storage, and ``n`` reads no other alias of it.
+  produced by a node, holds no graph output, every other node that reads it
+  (besides the views and in-place writes that make up that storage) is an
+  ancestor of ``n``, and ``n`` reads no other alias of it.
 
-The last condition holds in every order (nobody else ever reads the bytes),
-so scheduling, allocation and the lower bounds stay order-independent: the
+The last condition holds in every order (every other reader has run before
+``n`` overwrites the bytes), so scheduling, allocation and the lower bounds
+stay order-independent: the
 output simply becomes another alias of the input's storage
 (:func:`~memplan.passes.liveness.storage_roots`). The node records it as
 ``Node.reuses``, printed ``reuses(%x)`` in the IR; the backend writes with
@@ -27,7 +30,8 @@ reads a value after it was overwritten. Option ``inplace=False`` turns it off.
 """
 from __future__ import annotations
 
-from memplan.ir.graph import NODE, Graph, Node
+from memplan.ir.custom_ops import INPLACE_ARGS
+from memplan.ir.graph import NODE, Graph, Node, Value
 from memplan.ir.ops import OpKind, lookup
 from memplan.passes.layout import eager_strides, is_dense
 from memplan.passes.liveness import storage_roots
@@ -40,9 +44,18 @@ _COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy"}
 def _candidate(node: Node) -> bool:
     if len(node.outputs) != 1 or node.subgraph is not None or node.reuses is not None:
         return False
+    if node.op in INPLACE_ARGS:
+        return True
     opdef = lookup(node.op, node=node.name)
     short = node.op.split(".")[1] if node.op.startswith("aten.") else node.op
     return opdef.kind in _KINDS and not opdef.view and short not in _COPIES
+
+
+def _overwritable(node: Node) -> list[Value]:
+    """The inputs ``node`` may write over: any of an elementwise op's, the listed ones of others."""
+    if node.op in INPLACE_ARGS:
+        return [node.args[i] for i in INPLACE_ARGS[node.op] if isinstance(node.args[i], Value)]
+    return list(dict.fromkeys(node.inputs))
 
 
 def mark_inplace(graph: Graph) -> list[Node]:
@@ -60,12 +73,21 @@ def mark_inplace(graph: Graph) -> list[Node]:
     producer = {v.name: n.name for n in graph.nodes for v in n.outputs}
     readers = {name: {n.name for n in nodes} for name, nodes in graph.users().items()}
     outputs = {v.name for v in graph.outputs}
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    anc: dict[str, int] = {}  # node -> bitset of its ancestors (bit i: graph.nodes[i])
+    for n in graph.nodes:
+        bits = 0
+        for v in n.inputs:
+            if v.name in producer:
+                p = producer[v.name]
+                bits |= anc[p] | (1 << index[p])
+        anc[n.name] = bits
     marked = []
     for node in candidates:
         out = node.outputs[0]
         if out.name in outputs:
             continue
-        for x in dict.fromkeys(node.inputs):
+        for x in _overwritable(node):
             r = roots[x.name]
             if x.type != out.type or kind[r] != NODE or any(m in outputs for m in members[r]):
                 continue
@@ -75,9 +97,9 @@ def mark_inplace(graph: Graph) -> list[Node]:
             if any(roots[v.name] == r and v.name != x.name for v in node.inputs):
                 continue  # it reads another alias of the bytes it would overwrite
             inside = {producer[m] for m in members[r] if m in producer}
-            outside_readers = set().union(*(readers[m] for m in members[r])) - inside
-            if outside_readers != {node.name}:
-                continue
+            outside_readers = set().union(*(readers[m] for m in members[r])) - inside - {node.name}
+            if any(not (anc[node.name] >> index[u]) & 1 for u in outside_readers):
+                continue  # some other reader may run after this node
             node.reuses = x.name
             for m in members.pop(roots[out.name]):
                 roots[m] = r

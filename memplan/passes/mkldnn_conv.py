@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import torch
 
-from memplan.ir.custom_ops import MKLDNN_CONV2D
-from memplan.ir.graph import NODE, PARAM, Graph, Node
+from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD
+from memplan.ir.graph import NODE, PARAM, Graph, Node, Value
 from memplan.passes.layout import contiguous_strides, eager_strides
 from memplan.passes.manager import register_pass
 
 CONV = "aten.convolution.default"
 _RELU = {"aten.relu.default", "aten.clamp_min.default"}
+ADD = "aten.add.Tensor"
 
 
 def available() -> bool:
@@ -51,47 +52,77 @@ def _eligible(node: Node, graph: Graph) -> bool:
     return all(isinstance(d, int) for d in dilation)
 
 
-def _fusable_relu(node: Node, users: dict, outputs: set[str]) -> Node | None:
-    """The relu that is the only reader of ``node``'s output, if any."""
-    y = node.outputs[0]
-    readers = users[y.name]
-    if y.name in outputs or len(readers) != 1:
-        return None
-    r = readers[0]
-    if r.op not in _RELU or r.kwargs or r.args[0] is not y:
+def _sole_reader(v, users: dict, outputs: set[str]) -> Node | None:
+    readers = users[v.name]
+    return readers[0] if v.name not in outputs and len(readers) == 1 else None
+
+
+def _fusable_relu(v, users: dict, outputs: set[str]) -> Node | None:
+    """The relu that is the only reader of ``v``, if any."""
+    r = _sole_reader(v, users, outputs)
+    if r is None or r.op not in _RELU or r.kwargs or r.args[0] is not v:
         return None
     if r.op == "aten.clamp_min.default" and (len(r.args) != 2 or r.args[1] != 0):
         return None
     return r
 
 
-def rewrite_convolutions(graph: Graph) -> tuple[int, int]:
-    """Rewrite eligible convolutions in place; return (convolutions, relus fused)."""
+def _fusable_add(v, users: dict, outputs: set[str]):
+    """(the add that is the only reader of ``v``, its other operand) for ``v + other`` of one type."""
+    a = _sole_reader(v, users, outputs)
+    if a is None or a.op != ADD or a.kwargs or len(a.args) != 2:
+        return None, None
+    other = a.args[1] if a.args[0] is v else a.args[0]
+    if not isinstance(other, Value) or other is v or other.type != v.type:
+        return None, None
+    return a, other
+
+
+def rewrite_convolutions(graph: Graph) -> tuple[int, int, int]:
+    """Rewrite eligible convolutions in place; return (convolutions, relus fused, adds fused)."""
     if any(n.op.startswith("aten.as_strided") for n in graph.nodes):
-        return 0, 0  # raw-stride views would read a changed layout wrongly
+        return 0, 0, 0  # raw-stride views would read a changed layout wrongly
     targets = [n for n in graph.nodes if _eligible(n, graph)]
     if not targets:
-        return 0, 0
+        return 0, 0, 0
     before = eager_strides(graph)
     users = graph.users()
     outputs = {v.name for v in graph.outputs}
-    fused: dict[str, Node] = {}  # relu node name -> the convolution that absorbs it
+    absorbed: dict[str, Node] = {}  # add/relu node name -> the convolution that absorbs it
+    moved: dict[str, Node] = {}  # add node name -> the fused convolution that takes its place
+    relus = adds = 0
     for node in targets:
         x, w, b, stride, padding, dilation, _t, _op, groups = node.args[:9]
-        relu = _fusable_relu(node, users, outputs)
-        activation = "none"
-        if relu is not None:
-            activation = "relu"
-            fused[relu.name] = node
-            node.outputs = relu.outputs
-            for v in node.outputs:
-                v.producer = node
-            node.source_op = f"{node.source_op} + {relu.source_op or relu.op}"
+        args = (x, w, b, list(stride), list(padding), list(dilation), groups)
         node.op = MKLDNN_CONV2D
-        node.args = (x, w, b, list(stride), list(padding), list(dilation), groups, activation)
-    graph.nodes = [n for n in graph.nodes if n.name not in fused]
+        y = node.outputs[0]
+        add, other = _fusable_add(y, users, outputs)
+        if add is not None and add.name not in absorbed:  # conv + residual: oneDNN adds into the residual's buffer
+            node.op = MKLDNN_CONV2D_ADD
+            args = (*args, other)
+            absorbed[add.name] = moved[add.name] = node
+            node.source_op = f"{node.source_op} + {add.source_op or add.op}"
+            y = add.outputs[0]
+            adds += 1
+        relu = _fusable_relu(y, users, outputs)
+        if relu is not None:
+            absorbed[relu.name] = node
+            y = relu.outputs[0]
+            node.source_op = f"{node.source_op} + {relu.source_op or relu.op}"
+            relus += 1
+        node.outputs = (y,)
+        y.producer = node
+        node.args = (*args, "relu" if relu is not None else "none")
+    fused = set(moved.values())
+    nodes = []
+    for n in graph.nodes:
+        if n.name in moved:
+            nodes.append(moved[n.name])  # after the add's other operand exists
+        elif n.name not in absorbed and n not in fused:
+            nodes.append(n)
+    graph.nodes = nodes
     _repair_layouts(graph, before)
-    return len(targets), len(fused)
+    return len(targets), relus, adds
 
 
 def _repair_layouts(graph: Graph, before: dict) -> None:
@@ -117,8 +148,8 @@ def mkldnn_conv(graph, ctx):
         from memplan.errors import MemplanError
         raise MemplanError(f"option conv_kernel must be 'mkldnn' or 'aten', got {kernel!r}")
     if kernel == "mkldnn" and available():
-        convs, relus = rewrite_convolutions(graph)
+        convs, relus, adds = rewrite_convolutions(graph)
         if convs:
             ctx.log.append(f"mkldnn_conv: {convs} convolutions run by oneDNN in channels-last layout, "
-                           f"{relus} relus fused")
+                           f"{adds} residual adds and {relus} relus fused")
     return graph

@@ -19,7 +19,9 @@ C?" by depth-first search over *canonical* packings only:
 The search is complete: "no packing" after it runs out of branches is a
 proof. :func:`minimize_height` drives it with decreasing capacities and
 node limits that double, trying several buffer preorders in turn (as
-MiniMalloc's round robin does), warm-started from the best heuristic packing.
+MiniMalloc's round robin does), warm-started from the best heuristic packing,
+and takes turns with the TelaMalloc-style repair search of
+:mod:`memplan.solvers.alloc_repair` where that one packs lower.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from memplan.solvers.alloc_greedy import section_totals
 from memplan.solvers.alloc_instance import PackingInstance, align_up
+from memplan.solvers.alloc_repair import RepairSearch
 
 FOUND, INFEASIBLE, NODE_LIMIT, TIMEOUT = "found", "infeasible", "node-limit", "timeout"
 
@@ -251,9 +254,49 @@ class MinimizeOutcome:
     log: list[str] = field(default_factory=list)
 
 
+SEARCH_FIRST = 0.15          # share of the time the canonical search gets before the repair is tried
+REPAIR_PROBE = 0.06          # share of the time the repair's first turn gets
+
+
 def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound: int,
-                    stop_at: int, deadline: float, fixed_capacity: bool = False) -> MinimizeOutcome:
-    """Lower the height of ``incumbent`` by repeated canonical searches until ``deadline``.
+                    stop_at: int, deadline: float, fixed_capacity: bool = False, seed: int = 0) -> MinimizeOutcome:
+    """Lower the height of ``incumbent`` until ``deadline``: canonical searches, then repair if it helps.
+
+    The canonical search (:class:`_Descent`) runs first, for 15% of the
+    time: it solves the tight instances outright and proves bounds.
+    Then the TelaMalloc-style repair (:class:`~memplan.solvers.alloc_repair.RepairSearch`)
+    gets a short turn (the probe) to go below the search's best. If it
+    fails, the search has the rest of the time; if it succeeds, the two take
+    turns to the end, the repair's turn doubling after each success and the
+    search polishing the repair's packing in between.
+
+    With ``fixed_capacity``, both look for a packing within ``stop_at``
+    (the feasibility question). Stops once the height is ``<= stop_at``,
+    the bounds meet, or ``deadline`` (a ``time.monotonic()`` value) passes.
+    """
+    outcome = MinimizeOutcome(list(incumbent), instance.height(incumbent), lower_bound, False)
+    start = time.monotonic()
+    descent = _Descent(instance, outcome, stop_at, fixed_capacity, seed)
+    descent.run(start + SEARCH_FIRST * (deadline - start))
+    repair = RepairSearch(instance, seed)
+    turn, repair_won = REPAIR_PROBE * (deadline - start), False
+    while not descent.finished() and time.monotonic() < deadline:
+        offsets, log = repair.lower(outcome.offsets, outcome.proven_lower, stop_at,
+                                    min(deadline, time.monotonic() + turn), fixed_capacity)
+        outcome.log.extend(log)
+        if instance.height(offsets) < outcome.height:
+            outcome.offsets, outcome.height = offsets, instance.height(offsets)
+            repair_won, turn = True, 2 * turn
+        elif not repair_won:
+            break                                # the probe failed: the repair cannot beat the search here
+        descent.run(min(deadline, time.monotonic() + turn / 8))
+    descent.run(deadline)
+    outcome.improved = outcome.height < instance.height(incumbent)
+    return outcome
+
+
+class _Descent:
+    """The canonical search's side of :func:`minimize_height`, resumable: it shares ``outcome``.
 
     Two kinds of runs alternate, each trying the preorders in turn until one
     finds a packing (the new incumbent) or proves its capacity infeasible
@@ -265,31 +308,78 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
     - a few *descent* steps at ``height - step`` with a small node limit;
       the step doubles after a success and halves after a give-up.
 
-    With ``fixed_capacity``, only exact attempts at ``stop_at`` run (the
-    feasibility question). Stops once the height is ``<= stop_at``, the bounds
-    meet, or ``deadline`` (a ``time.monotonic()`` value) passes.
+    The first run starts with one dive per preorder without a node limit
+    worth the name ("skyline": lowest offset first), itself a good
+    heuristic. With ``fixed_capacity``, only exact attempts at ``stop_at`` run.
     """
-    outcome = MinimizeOutcome(incumbent, instance.height(incumbent), lower_bound, False)
-    searches = {name: _CanonicalSearch(instance, order) for name, order in preorders(instance).items()}
-    n = len(instance)
-    # a dive without a capacity is itself a good heuristic ("skyline": lowest offset first)
-    for name, search in searches.items():
-        run = search.run(outcome.height - 1, n + 1, deadline)
-        if run.status == FOUND:
-            outcome.offsets, outcome.height, outcome.improved = run.offsets, instance.height(run.offsets), True
-            outcome.log.append(f"skyline dive[{name}]: height {outcome.height}")
-    rng = random.Random(0)
-    total = section_totals(instance)
-    exact_limit, descent_limit = 2 * n + 64, 2 * n + 64
-    step = max((outcome.height - lower_bound) // 32, 1)
 
-    def attempt(capacity: int, node_limit: int, extra: dict | None = None) -> str:
-        for name, search in (searches | (extra or {})).items():
+    def __init__(self, instance: PackingInstance, outcome: MinimizeOutcome, stop_at: int,
+                 fixed_capacity: bool, seed: int):
+        self.instance = instance
+        self.outcome = outcome
+        self.stop_at = stop_at
+        self.fixed_capacity = fixed_capacity
+        self.searches = {name: _CanonicalSearch(instance, order) for name, order in preorders(instance).items()}
+        self.rng = random.Random(seed)
+        self.total = section_totals(instance)
+        n = len(instance)
+        self.exact_limit = self.descent_limit = 2 * n + 64
+        self.step = max((outcome.height - outcome.proven_lower) // 32, 1)
+        self.dives = list(self.searches.items())
+
+    def finished(self) -> bool:
+        """Whether the bounds meet (or, with a fixed capacity, it is met or proven out of reach)."""
+        outcome = self.outcome
+        return (outcome.height <= max(outcome.proven_lower, self.stop_at)
+                or (self.fixed_capacity and outcome.proven_lower > self.stop_at))
+
+    def run(self, deadline: float) -> None:
+        """Search until finished or ``deadline``, resuming the rounds where the last run stopped."""
+        outcome, n = self.outcome, len(self.instance)
+        while self.dives and not self.finished() and time.monotonic() < deadline:
+            name, search = self.dives[0]
+            run = search.run(outcome.height - 1, n + 1, deadline)
+            if run.status == TIMEOUT:
+                return
+            self.dives.pop(0)
+            if run.status == FOUND:
+                outcome.offsets, outcome.height = run.offsets, self.instance.height(run.offsets)
+                outcome.log.append(f"skyline dive[{name}]: height {outcome.height}")
+            elif run.status == INFEASIBLE:        # the dive exhausted its branches: the incumbent is optimal
+                outcome.proven_lower = max(outcome.proven_lower, outcome.height)
+
+        def done() -> bool:
+            return self.finished() or time.monotonic() >= deadline
+
+        while not done():
+            self._attempt(self.stop_at if self.fixed_capacity else outcome.proven_lower, self.exact_limit, deadline)
+            self.exact_limit *= 2
+            if self.fixed_capacity:
+                continue
+            # diversify the descent with one randomly perturbed preorder per round
+            noisy = sorted(range(n), key=lambda i: (-self.total[i] * self.rng.uniform(0.7, 1.3), i))
+            extra = {"random": _CanonicalSearch(self.instance, noisy)}
+            for _ in range(6):
+                if done():
+                    break
+                target = max(outcome.proven_lower, outcome.height - self.step)
+                status = self._attempt(target, self.descent_limit, deadline, extra)
+                if status == FOUND:
+                    self.step *= 2
+                elif status == NODE_LIMIT:
+                    self.step = max(self.step // 2, 1)
+                    if self.step == 1:
+                        self.descent_limit *= 2
+
+    def _attempt(self, capacity: int, node_limit: int, deadline: float,
+                 extra: dict[str, _CanonicalSearch] | None = None) -> str:
+        """One search per preorder at ``capacity`` until one finds a packing or proves there is none."""
+        outcome = self.outcome
+        for name, search in (self.searches | (extra or {})).items():
             run = search.run(capacity, node_limit, deadline)
             outcome.nodes += run.nodes
             if run.status == FOUND:
-                outcome.offsets, outcome.height = run.offsets, instance.height(run.offsets)
-                outcome.improved = True
+                outcome.offsets, outcome.height = run.offsets, self.instance.height(run.offsets)
                 outcome.log.append(f"search[{name}] packed in {outcome.height} <= {capacity} ({run.nodes} nodes)")
                 return FOUND
             if run.status == INFEASIBLE:
@@ -299,26 +389,3 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
             if run.status == TIMEOUT:
                 return TIMEOUT
         return NODE_LIMIT
-
-    def done() -> bool:
-        return (outcome.height <= max(outcome.proven_lower, stop_at) or time.monotonic() >= deadline
-                or (fixed_capacity and outcome.proven_lower > stop_at))
-
-    while not done():
-        attempt(stop_at if fixed_capacity else outcome.proven_lower, exact_limit)
-        exact_limit *= 2
-        # diversify the descent with one randomly perturbed preorder per round
-        noisy = sorted(range(n), key=lambda i: (-total[i] * rng.uniform(0.7, 1.3), i))
-        extra = {"random": _CanonicalSearch(instance, noisy)} if not fixed_capacity else {}
-        for _ in range(0 if fixed_capacity else 6):
-            if done():
-                break
-            target = max(outcome.proven_lower, outcome.height - step)
-            status = attempt(target, descent_limit, extra)
-            if status == FOUND:
-                step *= 2
-            elif status == NODE_LIMIT:
-                step = max(step // 2, 1)
-                if step == 1:
-                    descent_limit *= 2
-    return outcome

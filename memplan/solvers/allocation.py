@@ -13,7 +13,9 @@ be below the *interval lower bound*: the most bytes live at one time.
 2. if that packing is above the bound, an exact search per independent
    component of the conflict graph, warm-started from it: a MiniMalloc-style
    branch and bound (:mod:`memplan.solvers.alloc_search`, ``method="search"``,
-   the default) or a CP-SAT model (:mod:`memplan.solvers.alloc_cpsat`).
+   the default), which hands part of the time to a TelaMalloc-style repair
+   search (:mod:`memplan.solvers.alloc_repair`) where that packs lower, or
+   a CP-SAT model (:mod:`memplan.solvers.alloc_cpsat`).
 
 It knows nothing of graphs, torch or ONNX: plain buffers in, offsets out.
 
@@ -148,7 +150,7 @@ def validate(buffers: Sequence[Buffer], offsets: Mapping[str, int] | Sequence[in
 
 
 def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, time_limit: float = 10.0,
-                     alignment: int = 1, method: str = "auto") -> AllocationResult:
+                     alignment: int = 1, method: str = "auto", seed: int = 0) -> AllocationResult:
     """Pack ``buffers`` into an arena as low as possible (or within ``capacity``).
 
     ``method``: ``greedy`` (heuristic portfolio only), ``search`` (portfolio,
@@ -157,6 +159,9 @@ def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, tim
     the heuristic is above the lower bound (or the capacity), one independent
     component at a time, tallest first, and stops at ``time_limit`` seconds.
     With ``capacity``, the goal is any packing of height ``<= capacity``.
+    ``seed`` drives the random choices of ``search`` and its repair turns
+    (same seed, same choices; only the time limit can cut a run short at a
+    different point).
     """
     start = time.monotonic()
     deadline = start + time_limit
@@ -185,11 +190,11 @@ def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, tim
     if capacity is not None and capacity < bound:
         log.append(f"capacity {capacity} is below the interval lower bound {bound}")
     elif exact and instance.height(offsets) > (bound if capacity is None else capacity):
-        proven, improved = _exact_phase(instance, offsets, bound, capacity, deadline, method, log)
+        proven, improved = _exact_phase(instance, offsets, bound, capacity, deadline, method, seed, log)
     if exact and capacity is not None and proven > capacity and instance.height(offsets) > proven:
         # the capacity is out of reach: spend the time left finding how low the arena can go
         log.append(f"capacity {capacity} is proven infeasible; minimising the height instead")
-        lowered_bound, lowered = _exact_phase(instance, offsets, proven, None, deadline, method, log)
+        lowered_bound, lowered = _exact_phase(instance, offsets, proven, None, deadline, method, seed, log)
         proven, improved = max(proven, lowered_bound), improved or lowered
     if improved:
         winner = method if method != "auto" else "search"
@@ -210,7 +215,7 @@ def _instance(buffers: Sequence[Buffer], alignment: int) -> PackingInstance:
 
 
 def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capacity: int | None,
-                 deadline: float, method: str, log: list[str]) -> tuple[int, bool]:
+                 deadline: float, method: str, seed: int, log: list[str]) -> tuple[int, bool]:
     """Improve ``offsets`` in place, one component at a time; return (proven bound, improved).
 
     Without a capacity, the arena is as tall as its tallest component: work
@@ -250,8 +255,8 @@ def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capa
             new_offsets, new_height = (run.offsets, run.height) if found else (sub_offsets, heights[k])
             floors[k] = max(floors[k], run.bound if run.status != "optimal" else new_height)
         else:
-            run = minimize_height(sub, sub_offsets, floors[k], stop_at=stop_at,
-                                  deadline=time.monotonic() + share, fixed_capacity=capacity is not None)
+            run = minimize_height(sub, sub_offsets, floors[k], stop_at=stop_at, deadline=time.monotonic() + share,
+                                  fixed_capacity=capacity is not None, seed=seed)
             log.append(f"search on component of {len(group)} buffers: height {heights[k]} -> {run.height} "
                        f"(bound {run.proven_lower}, {run.nodes} nodes)")
             log.extend(f"  {line}" for line in run.log[-5:])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,8 @@ from memplan.errors import MemplanError
 from memplan.solvers.alloc_cli import AllocationCapacityError, add_alloc_parser
 from memplan.solvers.alloc_csv import BufferFileError, read_buffers_csv, write_offsets_csv
 from memplan.solvers.alloc_greedy import greedy_portfolio
-from memplan.solvers.alloc_instance import PackingInstance, components
+from memplan.solvers.alloc_instance import PackingInstance, align_up, components
+from memplan.solvers.alloc_repair import RepairSearch
 from memplan.solvers.alloc_search import minimize_height, preorders, search_packing
 from memplan.solvers.allocation import Buffer, interval_lower_bound, solve_allocation, validate
 
@@ -46,6 +48,42 @@ def tiling(n: int, height: int, horizon: int, seed: int) -> list[Buffer]:
             tiles[k:k + 1] = [(t0, t1, cut), (t0, t1, size - cut)]
     rng.shuffle(tiles)
     return [Buffer(str(i), t0, t1, size) for i, (t0, t1, size) in enumerate(tiles)]
+
+
+def sweep_tiling(n: int, height: int, seed: int, unit: int = 16) -> list[Buffer]:
+    """A tiling that is not cut in guillotine fashion: step by step, some buffers end and the
+    holes they leave (merged with free neighbours) are refilled by 1-3 new ones. Every moment
+    holds exactly ``height`` bytes, so the optimum is ``height``."""
+    rng = random.Random(seed)
+    live = [(0, height, 0)]                                 # (offset, size, start), by offset
+    done: list[tuple[int, int, int]] = []
+    step = 0
+    while len(done) + len(live) < n:
+        step += 1
+        ending = {k for k in range(len(live)) if rng.random() < 0.3} or {rng.randrange(len(live))}
+        kept, holes = [], []
+        for k, (offset, size, start) in enumerate(live):
+            if k not in ending:
+                kept.append((offset, size, start))
+                continue
+            done.append((start, step, size))
+            if holes and holes[-1][1] == offset:
+                holes[-1] = (holes[-1][0], offset + size)
+            else:
+                holes.append((offset, offset + size))
+        for lo, hi in holes:
+            cuts = sorted(rng.sample(range(lo + unit, hi, unit), k=min(rng.randint(0, 2), (hi - lo) // unit - 1)))
+            edges = [lo, *cuts, hi]
+            kept += [(a, b - a, step) for a, b in zip(edges, edges[1:])]
+        live = sorted(kept)
+    done += [(start, step + 1, size) for _, size, start in live]
+    rng.shuffle(done)
+    return [Buffer(str(i), t0, t1, size) for i, (t0, t1, size) in enumerate(done)]
+
+
+def instance_of(buffers: list[Buffer], alignment: int = 1) -> PackingInstance:
+    return PackingInstance([b.lower for b in buffers], [b.upper for b in buffers], [b.size for b in buffers],
+                           alignment)
 
 
 def run_cli(argv: list[str]) -> int:
@@ -202,6 +240,55 @@ def test_minimize_height_improves_a_bad_incumbent():
         top += s
     out = minimize_height(inst, stacked, 100, stop_at=100, deadline=float("inf"))
     assert out.improved and out.height == 100
+
+
+# ----------------------------------------------------------------------------- repair search
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(buffers=buffer_sets(max_buffers=12), alignment=st.sampled_from([1, 1, 4]), seed=st.integers(0, 3),
+       data=st.data())
+def test_repair_packings_are_valid_and_within_the_capacity(buffers, alignment, seed, data):
+    inst = instance_of(buffers, alignment)
+    bound = interval_lower_bound(buffers, alignment)
+    stacked, top = [], 0
+    for size in inst.sizes:                  # every buffer on top of the previous: valid, tall
+        stacked.append(top)
+        top = align_up(top + size, alignment)
+    repair = RepairSearch(inst, seed=seed, max_evictions=200)
+    capacity = data.draw(st.integers(max(inst.sizes, default=0), max(inst.height(stacked), 1)))
+    packed = repair.pack(capacity, float("inf"))
+    if packed is not None:
+        validate(buffers, packed, capacity=capacity, alignment=alignment)
+    lowered, _ = repair.lower(stacked, bound, bound, time.monotonic() + 0.2)
+    validate(buffers, lowered, alignment=alignment)
+    assert bound <= inst.height(lowered) <= inst.height(stacked)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4])
+def test_repair_packs_a_sweep_tiling_at_its_optimum_deterministically(seed):
+    buffers = sweep_tiling(40, height=1024, seed=seed)
+    inst = instance_of(buffers)
+    assert inst.lower_bound() == 1024
+    stacked = [sum(inst.sizes[:i]) for i in range(len(inst))]
+    packings = []
+    for _ in range(2):
+        repair = RepairSearch(inst, seed=0)
+        offsets, log = repair.lower(stacked, 1024, 1024, float("inf"), fixed_capacity=True)
+        validate(buffers, offsets, capacity=1024)
+        assert log and "repair packed in 1024" in log[-1]
+        packings.append(offsets)
+    assert packings[0] == packings[1]        # same seed, same choices
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_portfolio_reaches_the_optimum_of_sweep_tilings(seed):
+    buffers = sweep_tiling(40, height=1024, seed=seed)
+    result = solve_allocation(buffers, time_limit=20.0, seed=seed)
+    validate(buffers, result.offsets)
+    assert result.height == 1024 and result.status == "optimal"
+    fit = solve_allocation(buffers, capacity=1024, time_limit=20.0, seed=seed)
+    validate(buffers, fit.offsets, capacity=1024)
+    assert fit.status == "optimal"
 
 
 def test_greedy_handles_ten_thousand_model_like_buffers():
