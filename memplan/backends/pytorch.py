@@ -16,11 +16,12 @@ import keyword
 import linecache
 
 
+from memplan.backends.bindings import fast_binding
 from memplan.ir.graph import Graph, Value
 from memplan.ir.ops import lookup, out_variant
 from memplan.ir.types import DTYPES
-from memplan.passes.layout import contiguous_strides, eager_strides, slot_strides
-from memplan.ir.printer import format_call
+from memplan.passes.layout import eager_strides, slot_strides
+from memplan.ir.printer import format_arguments
 from memplan.plan import Plan
 from memplan.units import format_bytes
 
@@ -117,15 +118,18 @@ def emit_python(graph: Graph, plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _call(node, names, op: str | None = None, extra: str = "") -> str:
-    call = format_call(node, names)
-    if op is not None:
-        call = op + call[len(node.op):]
-    if extra:
-        call = call[:-1] + (", " if call[-2] != "(" else "") + extra + ")"
-    if call.startswith("memplan."):
-        call = "memplan_ops." + call[len("memplan."):]
-    return call
+def _call(node, names, op: str | None = None, outs: dict[str, Value] | None = None) -> str:
+    """The call of ``node`` (as overload ``op`` if given, with the ``outs`` keyword arguments), by the
+    fastest binding that reaches exactly that overload (:func:`~memplan.backends.bindings.fast_binding`)."""
+    op = op or node.op
+    outs = outs or {}
+    parts = format_arguments(node, names) + [f"{arg}={names(v)}" for arg, v in outs.items()]
+    binding = fast_binding(node, op, outs)
+    if binding is not None and binding.startswith("."):
+        return f"{parts[0]}{binding}({', '.join(parts[1:])})"
+    if binding is None:
+        binding = "memplan_ops." + op[len("memplan."):] if op.startswith("memplan.") else op
+    return f"{binding}({', '.join(parts)})"
 
 
 def _targets(node, names) -> str:
@@ -167,17 +171,14 @@ def _arena_prologue(graph, offsets, arena_bytes) -> list[str]:
 
 
 def _slot(v, offsets, strides) -> str:
-    """``arena_f32[start:stop].view([shape])``: the planned slot of value ``v``, laid out with the
-    strides eager gives it (``as_strided`` when that is not the contiguous layout)."""
+    """``torch.as_strided(arena_f32, shape, strides, start)``: the planned slot of value ``v``, laid
+    out with the strides eager gives it. (One view op: slicing and then viewing costs two calls,
+    and on small transformers that Python overhead alone is 5% of the run.)"""
     item = v.type.torch_dtype.itemsize
     start = offsets[v.name] // item
-    stop = start + int(v.type.numel)
     shape = [int(d) for d in v.type.shape]
     stride = slot_strides(shape, strides.get(v.name))
-    base = f"{_arena_view(v.type.dtype)}[{start}:{stop}]"
-    if stride == contiguous_strides(shape):
-        return f"{base}.view({shape})"
-    return f"{base}.as_strided({shape}, {list(stride)})"
+    return f"torch.as_strided({_arena_view(v.type.dtype)}, {tuple(shape)}, {tuple(stride)}, {start})"
 
 
 def _arena_step(node, names, offsets, strides, comment) -> list[str]:
@@ -196,8 +197,7 @@ def _arena_step(node, names, offsets, strides, comment) -> list[str]:
                 lines.append(f"{names(v)} = {_slot(v, offsets, strides)}")
             else:
                 lines.append(f"{names(v)} = torch.empty({list(v.type.shape)}, dtype={DTYPES[v.type.dtype]})")
-        extra = ", ".join(f"{arg}={names(v)}" for arg, v in zip(out_args, node.outputs))
-        lines.append(f"{_call(node, names, out_op, extra)}{comment}")
+        lines.append(f"{_call(node, names, out_op, dict(zip(out_args, node.outputs)))}{comment}")
         return lines
     # no out= variant: the op allocates its result; copy what belongs in the arena into its slot
     if len(node.outputs) == 1 and not _returns_sequence(opdef):
@@ -219,7 +219,7 @@ def _inplace_step(node, names, comment) -> list[str]:
     out = out_variant(node.op)
     if out is not None:
         out_op, out_args = out
-        lines.append(f"{_call(node, names, out_op, f'{out_args[0]}={names(v)}')}{comment} (in place)")
+        lines.append(f"{_call(node, names, out_op, {out_args[0]: v})}{comment} (in place)")
     else:
         lines.append(f"{names(v)}.copy_({_call(node, names)}){comment} (in place; no out= variant)")
     return lines

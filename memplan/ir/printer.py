@@ -61,6 +61,11 @@ def format_arg(a) -> str:
 
 def format_call(node: Node, value_name=lambda v: f"%{v.name}") -> str:
     """``op(args..., key=value...)`` with values rendered by ``value_name``."""
+    return f"{node.op}({', '.join(format_arguments(node, value_name))})"
+
+
+def format_arguments(node: Node, value_name=lambda v: f"%{v.name}") -> list[str]:
+    """The rendered arguments of ``node``'s call: positional ones, then ``key=value``."""
     def fmt(a):
         if isinstance(a, Value):
             return value_name(a)
@@ -70,8 +75,7 @@ def format_call(node: Node, value_name=lambda v: f"%{v.name}") -> str:
             inner = ", ".join(fmt(x) for x in a)
             return f"({inner},)" if len(a) == 1 else f"({inner})"
         return format_arg(a)
-    parts = [fmt(a) for a in node.args] + [f"{k}={fmt(v)}" for k, v in node.kwargs.items()]
-    return f"{node.op}({', '.join(parts)})"
+    return [fmt(a) for a in node.args] + [f"{k}={fmt(v)}" for k, v in node.kwargs.items()]
 
 
 def _bytes(v: Value) -> str:

@@ -29,7 +29,7 @@ def test_arena_source_is_traceable():
     src = cm.source
     arena = cm.plan.stats["arena_bytes"]
     assert f"arena = torch.empty({arena}, dtype=torch.uint8)" in src
-    assert re.search(r"^    aten\.addmm\.out\(.*out=\w+\)  # \d+: from aten\.addmm, qkv$", src, re.M), \
+    assert re.search(r"^    torch\.addmm\(.*out=\w+\)  # \d+: from aten\.addmm, qkv$", src, re.M), \
         "ops write into their planned slot, each traced to its op and module"
     assert "scaled_dot_product_attention.default" in src and "no out= variant" in src
     assert src.count("torch.empty(") == 1 + sum(1 for line in src.splitlines() if "torch.empty([" in line)
@@ -63,3 +63,35 @@ def test_multi_output_and_passthrough_outputs():
     torch.testing.assert_close(out[0], t[:2])
     torch.testing.assert_close(out[1], t[2:].relu())
     assert out[2] is t
+
+
+def _node(op, args, out_shape, dtype="f32"):
+    g = Graph("g")
+    x = g.add_input("x", TensorType("f32", (4, 6)))
+    args = tuple(x if a == "x" else a for a in args)
+    (y,) = g.add_node(op, args, {}, [TensorType(dtype, out_shape)])
+    return y
+
+
+def test_fast_binding_only_where_it_reaches_the_planned_overload():
+    from memplan.backends.bindings import fast_binding
+    y = _node("aten.mul.Tensor", ("x", "x"), (4, 6))
+    assert fast_binding(y.producer, "aten.mul.out", {"out": y}) == "torch.mul"
+    y = _node("aten.mul.Tensor", ("x", 2.0), (4, 6))   # a Scalar operand: still mul.out
+    assert fast_binding(y.producer, "aten.mul.out", {"out": y}) == "torch.mul"
+    y = _node("aten.view.default", ("x", [24]), (24,))
+    assert fast_binding(y.producer, "aten.view.default") == ".view"
+    y = _node("aten.permute.default", ("x", [1, 0]), (6, 4))
+    assert fast_binding(y.producer, "aten.permute.default") == "torch.permute"
+    # torch.embedding takes no out=; torch.slice does not exist; a planned overload the call does not reach
+    g = Graph("g")
+    w = g.add_input("w", TensorType("f32", (10, 4)))
+    i = g.add_input("i", TensorType("i64", (3,)))
+    (e,) = g.add_node("aten.embedding.default", (w, i), {}, [TensorType("f32", (3, 4))])
+    assert fast_binding(e.producer, "aten.embedding.out", {"out": e}) is None
+    y = _node("aten.slice.Tensor", ("x", 0, 0, 2), (2, 6))
+    assert fast_binding(y.producer, "aten.slice.Tensor") is None
+    y = _node("aten.mul.Tensor", ("x", "x"), (4, 6))
+    assert fast_binding(y.producer, "aten.mul.Scalar_out", {"out": y}) is None
+    y = _node("aten.sum.dim_IntList", ("x", [1]), (4,))
+    assert fast_binding(y.producer, "aten.sum.IntList_out", {"out": y}) == "torch.sum"
