@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD
+from memplan.ir.custom_ops import MKLDNN_CONVS as CONVS
 from memplan.ir.graph import PARAM, Graph
 
-CONVS = (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD)
 
 
 def prepack(graph: Graph) -> dict[str, torch.Tensor]:

@@ -61,6 +61,7 @@ def _pointwise_conv_add_out(x, weight, bias, stride, padding, dilation, groups, 
 _pointwise_conv_add.out = _pointwise_conv_add_out
 MKLDNN_CONV2D_ADD = "memplan.mkldnn_conv2d_add"
 register_op(MKLDNN_CONV2D_ADD, OpKind.OPAQUE, _pointwise_conv_add, flops=_conv_flops, out_args=["out"])
+MKLDNN_CONVS = (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD)
 # ops that may write over some of their inputs (by argument position) besides elementwise ones
 INPLACE_ARGS = {MKLDNN_CONV2D_ADD: (7,)}
 
@@ -87,6 +88,20 @@ def _constant_pad_nd(x, pad, value=0.0):
 _constant_pad_nd.out = _constant_pad_nd_out
 CONSTANT_PAD_OUT = "memplan.constant_pad_nd"
 register_op(CONSTANT_PAD_OUT, OpKind.INJECTIVE, _constant_pad_nd, out_args=["out"])
+
+
+def _clone_out(x, *, memory_format=None, out):
+    """``aten.clone`` written into ``out``: one copy into the slot, whose strides already give the
+    requested memory format (aten's ``out=`` form clones into a temporary and copies that)."""
+    return out.copy_(x)
+
+
+def _clone(x, *, memory_format=None):
+    return torch.ops.aten.clone.default(x, memory_format=memory_format)
+
+
+_clone.out = _clone_out
+register_op("memplan.clone", OpKind.INJECTIVE, _clone, out_args=["out"])
 
 
 def _pair(v, default=None):

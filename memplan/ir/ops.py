@@ -283,7 +283,8 @@ def out_variant(name: str) -> tuple[str, list[str]] | None:
 _OUT_CACHE: dict[str, tuple[str, list[str]] | None] = {}
 # aten ops whose own out= form computes a temporary and copies it: memplan's writes in place
 _OUT_OVERRIDES = {"aten.constant_pad_nd.default": "memplan.constant_pad_nd",
-                  "aten.max_pool2d.default": "memplan.max_pool2d"}
+                  "aten.max_pool2d.default": "memplan.max_pool2d",
+                  "aten.clone.default": "memplan.clone"}
 
 
 def resolve_out(out_name: str):

@@ -9,7 +9,9 @@
   and a fresh copy otherwise, so no planner could account for it) becomes
   ``aten.view`` where the eager layout allows a view, and
   ``aten.clone(memory_format=contiguous)`` + ``aten.view`` elsewhere: the
-  same decomposition torch.export applies.
+  same decomposition torch.export applies (where the view only feeds oneDNN
+  convolutions, the copy is laid out so that the view comes out channels-last:
+  :func:`~memplan.passes.layout.layout_copy`).
 - ``aten.relu(x)`` becomes ``aten.clamp_min(x, 0)`` (the same values, NaN
   included): ``relu.out`` allocates a temporary as large as its output,
   ``clamp_min.out`` writes straight into its slot.
@@ -19,7 +21,7 @@
 import torch
 
 from memplan.ir.graph import Graph, Value, map_values
-from memplan.passes.layout import eager_strides
+from memplan.passes.layout import channels_last_consumers, eager_strides, layout_copy
 from memplan.passes.manager import register_pass
 
 _IDENTITY_COPIES = {"aten.clone.default", "aten.alias.default", "aten.detach.default",
@@ -75,6 +77,7 @@ def _lower_reshapes(graph: Graph, ctx) -> None:
     if not any(n.op == "aten.reshape.default" for n in graph.nodes):
         return
     strides = eager_strides(graph)
+    prefer = channels_last_consumers(graph)
     nodes, copies = [], 0
     for node in graph.nodes:
         if node.op != "aten.reshape.default":
@@ -85,12 +88,10 @@ def _lower_reshapes(graph: Graph, ctx) -> None:
         try:
             layout.view(shape)
             node.op = "aten.view.default"
-        except RuntimeError:  # the layout cannot be viewed: copy to contiguous first
-            (dense,) = graph.add_node("aten.clone.default", (src,), {"memory_format": torch.contiguous_format},
-                                      [src.type], name=f"{node.name}_contiguous", source=node.source,
-                                      source_op=node.source_op)
-            nodes.append(graph.nodes.pop())
-            node.op, node.args = "aten.view.default", (dense, shape)
+        except RuntimeError:  # the layout cannot be viewed: copy first
+            dense = layout_copy(graph, node, channels_last=node.name in prefer)
+            nodes.extend(dense)
+            node.op, node.args = "aten.view.default", (dense[-1].outputs[0], shape)
             copies += 1
         nodes.append(node)
     graph.nodes = nodes

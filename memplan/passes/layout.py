@@ -12,18 +12,22 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memplan.ir.graph import Graph, map_values
+from memplan.ir.custom_ops import MKLDNN_CONVS
 from memplan.ir.ops import flatten_outputs, lookup
+from memplan.ir.types import TensorType
 
 
-_PLAIN_VIEWS = {"aten.view.default", "aten._unsafe_view.default"}
+PLAIN_VIEWS = {"aten.view.default", "aten._unsafe_view.default"}
 
 
 def eager_strides(graph: Graph, *, repair_views: bool = False) -> dict[str, tuple[int, ...]]:
     """value name -> strides of that value when the graph runs eagerly on the CPU.
 
     ``repair_views``: a ``view`` whose input's layout cannot serve it (a pass changed that
-    layout) gets a contiguous copy of its input inserted before it, in ``graph`` itself.
+    layout) gets a copy of its input inserted before it, in ``graph`` itself
+    (:func:`layout_copy`).
     """
+    prefer = channels_last_consumers(graph) if repair_views else frozenset()
     strides: dict[str, tuple[int, ...]] = {}
     nodes = []
     with FakeTensorMode(allow_non_fake_inputs=False) as mode:
@@ -34,30 +38,80 @@ def eager_strides(graph: Graph, *, repair_views: bool = False) -> dict[str, tupl
             data = graph.weights.get(v.name)
             env[v.name] = (mode.from_tensor(data) if data is not None else
                            torch.empty(tuple(int(d) for d in v.type.shape), dtype=v.type.torch_dtype))
-        for node in list(graph.nodes):
-            opdef = lookup(node.op, node=node.name)
+
+        def run(node):
             args = map_values(node.args, lambda v: env[v.name])
             kwargs = map_values(node.kwargs, lambda v: env[v.name])
-            try:
-                results = flatten_outputs(opdef.impl(*args, **kwargs))
-            except (RuntimeError, ValueError):
-                if not (repair_views and node.op in _PLAIN_VIEWS):
-                    raise
-                src = node.args[0]
-                (dense,) = graph.add_node("aten.clone.default", (src,), {"memory_format": torch.contiguous_format},
-                                          [src.type], name=f"{node.name}_contiguous", source=node.source,
-                                          source_op=node.source_op)
-                nodes.append(graph.nodes.pop())
-                env[dense.name] = env[src.name].contiguous()
-                node.args = (dense, *node.args[1:])
-                results = flatten_outputs(opdef.impl(env[dense.name], *args[1:], **kwargs))
-            nodes.append(node)
+            results = flatten_outputs(lookup(node.op, node=node.name).impl(*args, **kwargs))
             for v, t in zip(node.outputs, results):
                 env[v.name] = t
+
+        for node in list(graph.nodes):
+            try:
+                run(node)
+            except (RuntimeError, ValueError):
+                if not (repair_views and node.op in PLAIN_VIEWS):
+                    raise
+                copies = layout_copy(graph, node, node.name in prefer)
+                for copy in copies:
+                    run(copy)
+                nodes.extend(copies)
+                node.args = (copies[-1].outputs[0], *node.args[1:])
+                run(node)
+            nodes.append(node)
     graph.nodes = nodes
     for name, t in env.items():
         strides[name] = tuple(t.stride())
     return strides
+
+
+def channels_last_consumers(graph: Graph) -> frozenset[str]:
+    """Names of the nodes whose one output is read only as the input of oneDNN convolutions."""
+    users = graph.users()
+    return frozenset(n.name for n in graph.nodes if len(n.outputs) == 1 and users.get(n.outputs[0].name)
+                     and all(r.op in MKLDNN_CONVS and r.args[0] is n.outputs[0] for r in users[n.outputs[0].name]))
+
+
+def _channels_last_order(view) -> list[int] | None:
+    """The dims of ``view``'s input from outermost to innermost in a dense layout that ``view``
+    turns into a channels-last 4-D result, or None if there is none."""
+    src, out = view.args[0], view.outputs[0]
+    if out.type.rank != 4 or not (src.type.is_static and out.type.is_static):
+        return None
+    n, c, h, w = (int(d) for d in out.type.shape)
+    target = torch.empty_strided((n, c, h, w), (h * w * c, 1, w * c, c), device="meta")
+    try:
+        laid = target.view([int(d) for d in src.type.shape])
+    except RuntimeError:
+        return None
+    # size-1 dims have no stride worth the name: keep them outermost, in order
+    return sorted(range(src.type.rank), key=lambda d: (src.type.shape[d] != 1, -laid.stride(d), d))
+
+
+def layout_copy(graph: Graph, view, channels_last: bool = False, src=None) -> list:
+    """The nodes (not yet in ``graph.nodes``) that copy ``src`` (default: the input of ``view``, a
+    view or reshape its input's layout cannot serve) into a dense buffer ``view`` can serve:
+    contiguous, or with ``channels_last``, laid out so that the 4-D result of ``view`` comes out
+    channels-last where such a layout exists (a permute, a contiguous copy, the inverse permute).
+    A oneDNN convolution reading the result then needs no reorder of its input on every call."""
+    src = view.args[0] if src is None else src
+    order = _channels_last_order(view) if channels_last else None
+    where = {"source": view.source, "source_op": view.source_op}
+    contiguous = {"memory_format": torch.contiguous_format}
+    if order is None or order == sorted(order):
+        (dense,) = graph.add_node("aten.clone.default", (src,), contiguous, [src.type],
+                                  name=f"{view.name}_contiguous", **where)
+        return [graph.nodes.pop()]
+    shape = [src.type.shape[d] for d in order]
+    inverse = sorted(range(len(order)), key=lambda d: order[d])
+    (ordered,) = graph.add_node("aten.permute.default", (src, order), {}, [TensorType(src.type.dtype, shape)],
+                                name=f"{view.name}_order", **where)
+    (dense,) = graph.add_node("aten.clone.default", (ordered,), contiguous, [ordered.type],
+                              name=f"{view.name}_channels_last", **where)
+    graph.add_node("aten.permute.default", (dense, inverse), {}, [src.type], name=f"{view.name}_laid_out", **where)
+    copies = graph.nodes[-3:]
+    del graph.nodes[-3:]
+    return copies
 
 
 def is_dense(shape, strides) -> bool:

@@ -27,8 +27,9 @@ from __future__ import annotations
 import torch
 
 from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD
-from memplan.ir.graph import NODE, PARAM, Graph, Node, Value
-from memplan.passes.layout import contiguous_strides, eager_strides
+from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value
+from memplan.passes.layout import (PLAIN_VIEWS, channels_last_consumers, contiguous_strides, eager_strides,
+                                   layout_copy)
 from memplan.passes.manager import register_pass
 
 CONV = "aten.convolution.default"
@@ -120,9 +121,52 @@ def rewrite_convolutions(graph: Graph) -> tuple[int, int, int]:
             nodes.append(moved[n.name])  # after the add's other operand exists
         elif n.name not in absorbed and n not in fused:
             nodes.append(n)
-    graph.nodes = nodes
+    graph.nodes = _inputs_channels_last(graph, nodes)
+    _relayout_copies(graph)
     _repair_layouts(graph, before)
     return len(targets), relus, adds
+
+
+def _inputs_channels_last(graph: Graph, nodes: list[Node]) -> list[Node]:
+    """``nodes`` with each graph input that convolutions read copied once into a channels-last
+    buffer before the first of them. oneDNN would reorder an NCHW input inside the kernel, as
+    scratch outside the arena on every call; as a planned copy it is a buffer of the arena, which
+    packs it with whatever else is live then."""
+    copies: dict[str, Value] = {}
+    out = []
+    for n in nodes:
+        x = n.args[0] if n.op in (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD) else None
+        if x is not None and x.kind == INPUT and x.type.rank == 4:
+            if x.name not in copies:
+                (copies[x.name],) = graph.add_node(
+                    "aten.clone.default", (x,), {"memory_format": torch.channels_last}, [x.type],
+                    name=f"{x.name}_channels_last", source=n.source, source_op=n.source_op)
+                out.append(graph.nodes.pop())
+            n.args = (copies[x.name], *n.args[1:])
+        out.append(n)
+    return out
+
+
+def _relayout_copies(graph: Graph) -> None:
+    """A contiguous copy whose one reader is a view that only convolutions read (how torch.export
+    decomposes a reshape no layout can view, as in a channel shuffle) is laid out instead so that
+    the view comes out channels-last (:func:`~memplan.passes.layout.layout_copy`)."""
+    prefer = channels_last_consumers(graph)
+    users = graph.users()
+    outputs = {v.name for v in graph.outputs}
+    nodes = []
+    for n in graph.nodes:
+        readers = users.get(n.outputs[0].name, []) if len(n.outputs) == 1 else []
+        if (n.op == "aten.clone.default" and str(n.kwargs.get("memory_format")) == "torch.contiguous_format"
+                and len(readers) == 1 and readers[0].name in prefer and readers[0].op in PLAIN_VIEWS
+                and n.outputs[0].name not in outputs):
+            copies = layout_copy(graph, readers[0], channels_last=True, src=n.args[0])
+            if len(copies) > 1:
+                nodes.extend(copies)
+                readers[0].args = (copies[-1].outputs[0], *readers[0].args[1:])
+                continue
+        nodes.append(n)
+    graph.nodes = nodes
 
 
 def _repair_layouts(graph: Graph, before: dict) -> None:

@@ -9,6 +9,7 @@ from memplan.errors import MemplanError
 from memplan.ir.custom_ops import MKLDNN_CONV2D
 from memplan.ir.parser import parse
 from memplan.ir.printer import print_graph
+from memplan.passes.layout import eager_strides
 from memplan.passes.mkldnn_conv import available
 from memplan.profiling import timeline_peak
 
@@ -71,3 +72,54 @@ def test_less_memory_than_aten_convolutions():
 def test_bad_option_is_named():
     with pytest.raises(MemplanError, match="conv_kernel"):
         memplan.compile(Net().eval(), (torch.randn(1, 3, 32, 32),), options={"conv_kernel": "cudnn"})
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle between grouped convolutions: a reshape no layout can view."""
+
+    def __init__(self, channels=24, groups=4):
+        super().__init__()
+        self.groups = groups
+        self.a = nn.Conv2d(channels, channels, 1, groups=groups)
+        self.b = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        n, c, h, w = y.shape
+        y = y.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.b(y)
+
+
+def test_graph_input_and_shuffled_conv_inputs_are_channels_last_copies_with_no_scratch():
+    model, x = Shuffle().eval(), torch.randn(1, 24, 20, 20)
+    cm = memplan.compile(model, (x,))
+    convs = [n for n in cm.graph.nodes if n.op == MKLDNN_CONV2D]
+    first, second = convs
+    assert first.args[0].name == "x_channels_last" and first.args[0].producer.kwargs == {
+        "memory_format": torch.channels_last}
+    copy = next(n for n in cm.graph.nodes if n.name.endswith("_channels_last") and n is not first.args[0].producer)
+    assert copy.op == "aten.clone.default"  # laid out so that the view the second conv reads is channels-last
+    strides = eager_strides(cm.graph)
+    assert torch.empty_strided(tuple(second.args[0].type.shape), strides[second.args[0].name]).is_contiguous(
+        memory_format=torch.channels_last)
+    scratch = cm.plan.stats["scratch_bytes"]
+    # no reorder inside oneDNN (it would be as large as the input; a small scratchpad remains)
+    assert all(scratch.get(n.name, 0) < n.args[0].type.nbytes // 2 for n in convs), scratch
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-4)
+    assert timeline_peak(cm, x)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
+
+
+def test_clone_into_a_slot_needs_no_scratch():
+    from memplan.ir.ops import out_variant, resolve_out
+    from memplan.passes.scratch import step_scratch
+    out_op, args = out_variant("aten.clone.default")
+    assert out_op == "memplan.clone.out" and args == ["out"]
+    x = torch.randn(1, 8, 6, 6).permute(0, 2, 3, 1)
+    out = torch.empty(1, 6, 6, 8)
+    resolve_out(out_op)(x, memory_format=torch.contiguous_format, out=out)
+    assert torch.equal(out, x.contiguous())
+    model = Shuffle().eval()
+    cm = memplan.compile(model, (torch.randn(1, 24, 20, 20),))
+    clones = [n.name for n in cm.graph.nodes if n.op == "aten.clone.default"]
+    assert clones and all(step_scratch(cm.graph, {}).get(c, 0) == 0 for c in clones)
