@@ -26,7 +26,11 @@ def _pointwise_conv(x, weight, bias, stride, padding, dilation, groups, activati
 def _pointwise_conv_out(x, weight, bias, stride, padding, dilation, groups, activation="none", *, out):
     """:func:`_pointwise_conv` written into ``out``: oneDNN's in-place "sum" form
     (``out = act(conv(x) + out)``) over a zeroed ``out``; no temporary besides oneDNN's own."""
-    out.zero_()
+    return _accumulate_conv(out.zero_(), x, weight, bias, stride, padding, dilation, groups, activation)
+
+
+def _accumulate_conv(out, x, weight, bias, stride, padding, dilation, groups, activation):
+    """``out = act(conv2d(x, weight, bias) + out)`` in place, by oneDNN's "sum" post-op."""
     torch.ops.mkldnn._convolution_pointwise_.binary(
         out, x, weight, bias, list(padding), list(stride), list(dilation), groups, "add", None,
         None if activation == "none" else activation, [], None)
@@ -52,10 +56,7 @@ def _pointwise_conv_add_out(x, weight, bias, stride, padding, dilation, groups, 
     convolution to what ``out`` holds."""
     if out.data_ptr() != other.data_ptr() or out.stride() != other.stride():
         out.copy_(other)
-    torch.ops.mkldnn._convolution_pointwise_.binary(
-        out, x, weight, bias, list(padding), list(stride), list(dilation), groups, "add", None,
-        None if activation == "none" else activation, [], None)
-    return out
+    return _accumulate_conv(out, x, weight, bias, stride, padding, dilation, groups, activation)
 
 
 _pointwise_conv_add.out = _pointwise_conv_add_out
