@@ -105,6 +105,25 @@ _clone.out = _clone_out
 register_op("memplan.clone", OpKind.INJECTIVE, _clone, out_args=["out"])
 
 
+def _batch_norm_inference_out(x, weight, bias, running_mean, running_var, momentum, eps, *, out0, out1, out2):
+    """``aten._native_batch_norm_legit_no_training`` written into ``out0`` by
+    ``native_batch_norm.out`` in eval mode, which writes in place (the ``_legit`` form's ``out=``
+    computes a temporary as large as ``x`` and copies it; measured here it is also 3x slower)."""
+    torch.ops.aten.native_batch_norm.out(x, weight, bias, running_mean, running_var, False, momentum, eps,
+                                         out=out0, save_mean=out1, save_invstd=out2)
+    return out0, out1, out2
+
+
+def _batch_norm_inference(x, weight, bias, running_mean, running_var, momentum, eps):
+    return torch.ops.aten._native_batch_norm_legit_no_training.default(
+        x, weight, bias, running_mean, running_var, momentum, eps)
+
+
+_batch_norm_inference.out = _batch_norm_inference_out
+register_op("memplan.batch_norm_inference", OpKind.REDUCTION, _batch_norm_inference,
+            out_args=["out0", "out1", "out2"])
+
+
 def _pair(v, default=None):
     if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
         v = default

@@ -284,7 +284,8 @@ _OUT_CACHE: dict[str, tuple[str, list[str]] | None] = {}
 # aten ops whose own out= form computes a temporary and copies it: memplan's writes in place
 _OUT_OVERRIDES = {"aten.constant_pad_nd.default": "memplan.constant_pad_nd",
                   "aten.max_pool2d.default": "memplan.max_pool2d",
-                  "aten.clone.default": "memplan.clone"}
+                  "aten.clone.default": "memplan.clone",
+                  "aten._native_batch_norm_legit_no_training.default": "memplan.batch_norm_inference"}
 
 
 def resolve_out(out_name: str):

@@ -56,3 +56,29 @@ def test_batch_norm_feeding_two_users_is_not_folded():
     assert any(n.op.startswith("aten._native_batch_norm") for n in cm.graph.nodes)
     with torch.no_grad():
         torch.testing.assert_close(cm(x), model(x))
+
+
+@pytest.mark.parametrize("kernel", ["mkldnn", "aten"])
+def test_unfolded_batch_norm_writes_into_its_slot_without_scratch(kernel):
+    """DenseNet's pre-activation order (concat → bn → relu → conv): nothing to fold into, so
+    the batch norm runs by ``native_batch_norm.out`` (``_legit``'s ``out=`` copies a temporary)."""
+    from memplan.profiling import timeline_peak
+
+    class PreAct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = Block().bn2
+            self.conv = nn.Conv2d(64, 16, 1)
+
+        def forward(self, a, b):
+            return self.conv(torch.relu(self.bn(torch.cat([a, b], 1))))
+
+    model = PreAct().eval()
+    a, b = torch.randn(1, 32, 24, 24), torch.randn(1, 32, 24, 24)
+    cm = memplan.compile(model, (a, b), options={"conv_kernel": kernel})
+    (bn,) = [n for n in cm.graph.nodes if n.op == "aten._native_batch_norm_legit_no_training.default"]
+    assert "memplan_ops.batch_norm_inference.out(" in cm.source
+    assert cm.plan.stats["scratch_bytes"].get(bn.name, 0) < bn.outputs[0].type.nbytes // 8
+    with torch.no_grad():
+        torch.testing.assert_close(cm(a, b), model(a, b), rtol=1e-5, atol=1e-5)
+    assert timeline_peak(cm, a, b)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
