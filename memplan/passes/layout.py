@@ -72,9 +72,9 @@ def channels_last_consumers(graph: Graph) -> frozenset[str]:
                      and all(r.op in MKLDNN_CONVS and r.args[0] is n.outputs[0] for r in users[n.outputs[0].name]))
 
 
-def _channels_last_order(view) -> list[int] | None:
+def channels_last_order(view) -> list[int] | None:
     """The dims of ``view``'s input from outermost to innermost in a dense layout that ``view``
-    turns into a channels-last 4-D result, or None if there is none."""
+    turns into a channels-last 4-D result, or None if there is none (or it is the contiguous one)."""
     src, out = view.args[0], view.outputs[0]
     if out.type.rank != 4 or not (src.type.is_static and out.type.is_static):
         return None
@@ -85,7 +85,8 @@ def _channels_last_order(view) -> list[int] | None:
     except RuntimeError:
         return None
     # size-1 dims have no stride worth the name: keep them outermost, in order
-    return sorted(range(src.type.rank), key=lambda d: (src.type.shape[d] != 1, -laid.stride(d), d))
+    order = sorted(range(src.type.rank), key=lambda d: (src.type.shape[d] != 1, -laid.stride(d), d))
+    return None if order == sorted(order) else order  # None too where plain contiguous already serves
 
 
 def layout_copy(graph: Graph, view, channels_last: bool = False, src=None) -> list:
@@ -95,10 +96,10 @@ def layout_copy(graph: Graph, view, channels_last: bool = False, src=None) -> li
     channels-last where such a layout exists (a permute, a contiguous copy, the inverse permute).
     A oneDNN convolution reading the result then needs no reorder of its input on every call."""
     src = view.args[0] if src is None else src
-    order = _channels_last_order(view) if channels_last else None
+    order = channels_last_order(view) if channels_last else None
     where = {"source": view.source, "source_op": view.source_op}
     contiguous = {"memory_format": torch.contiguous_format}
-    if order is None or order == sorted(order):
+    if order is None:
         (dense,) = graph.add_node("aten.clone.default", (src,), contiguous, [src.type],
                                   name=f"{view.name}_contiguous", **where)
         return [graph.nodes.pop()]

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import torch
 
-from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD
+from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD, MKLDNN_CONVS
 from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value
-from memplan.passes.layout import (PLAIN_VIEWS, channels_last_consumers, contiguous_strides, eager_strides,
-                                   layout_copy)
+from memplan.passes.layout import (PLAIN_VIEWS, channels_last_consumers, channels_last_order, contiguous_strides,
+                                   eager_strides, layout_copy)
 from memplan.passes.manager import register_pass
 
 CONV = "aten.convolution.default"
@@ -135,7 +135,7 @@ def _inputs_channels_last(graph: Graph, nodes: list[Node]) -> list[Node]:
     copies: dict[str, Value] = {}
     out = []
     for n in nodes:
-        x = n.args[0] if n.op in (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD) else None
+        x = n.args[0] if n.op in MKLDNN_CONVS else None
         if x is not None and x.kind == INPUT and x.type.rank == 4:
             if x.name not in copies:
                 (copies[x.name],) = graph.add_node(
@@ -159,12 +159,11 @@ def _relayout_copies(graph: Graph) -> None:
         readers = users.get(n.outputs[0].name, []) if len(n.outputs) == 1 else []
         if (n.op == "aten.clone.default" and str(n.kwargs.get("memory_format")) == "torch.contiguous_format"
                 and len(readers) == 1 and readers[0].name in prefer and readers[0].op in PLAIN_VIEWS
-                and n.outputs[0].name not in outputs):
+                and n.outputs[0].name not in outputs and channels_last_order(readers[0]) is not None):
             copies = layout_copy(graph, readers[0], channels_last=True, src=n.args[0])
-            if len(copies) > 1:
-                nodes.extend(copies)
-                readers[0].args = (copies[-1].outputs[0], *readers[0].args[1:])
-                continue
+            nodes.extend(copies)
+            readers[0].args = (copies[-1].outputs[0], *readers[0].args[1:])
+            continue
         nodes.append(n)
     graph.nodes = nodes
 
