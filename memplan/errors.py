@@ -70,3 +70,12 @@ class IRParseError(MemplanError):
 
 class PlanVerificationError(MemplanError):
     """A plan violates a dependency, overlaps buffers or exceeds a capacity."""
+
+
+class PlanFormatError(MemplanError):
+    """A plan file (``.plan.json``) that is not a well-formed memplan plan; the message names the
+    file and the field at fault."""
+
+
+class OutputPathError(MemplanError):
+    """An output path that cannot be written (``-o`` names a file where a folder is needed, ...)."""
