@@ -13,6 +13,7 @@ from memplan.ir.graph import Graph
 from memplan.ir.printer import print_graph
 from memplan.ir.types import TensorType
 from memplan.passes import PassContext, run_pipeline
+from memplan.passes.verify_plan import verify_plan
 from memplan.plan import Plan
 from memplan.target import HardwareSpec, load_target
 from memplan.units import parse_bytes
@@ -30,6 +31,8 @@ class CompiledModule:
         self.plan = plan
         self.target = target
         self.log = log
+        if plan.allocation or plan.schedule:
+            verify_plan(graph, plan, target)  # every plan is checked before it runs, whatever made it
         self.source = emit_python(graph, plan)
         self._run = load_python(self.source, f"memplan_{graph.name}")
         self._weights = prepack(graph)
@@ -38,24 +41,41 @@ class CompiledModule:
     def ir(self) -> str:
         return print_graph(self.graph)
 
-    def check_inputs(self, args) -> None:
-        """Raise :class:`InputMismatchError` unless ``args`` match the graph inputs."""
+    def check_inputs(self, args) -> tuple:
+        """The inputs as the plan reads them; :class:`InputMismatchError` unless ``args`` match the
+        graph inputs (count, dtype, shape, a CPU tensor).
+
+        The plan was made for dense row-major (contiguous) inputs, as the example inputs are
+        captured. An input of the right type in any other layout (transposed, expanded, sliced,
+        channels-last) is copied to that layout first, as eager kernels would copy it internally:
+        the result is the same, and the caller's tensor is never written.
+        """
         expected = self.graph.inputs
         if len(args) != len(expected):
             raise InputMismatchError(
                 f"graph {self.graph.name!r} takes {len(expected)} inputs "
                 f"({', '.join(f'%{v.name}: {v.type}' for v in expected)}), got {len(args)}")
+        ready = []
         for a, v in zip(args, expected):
             if not isinstance(a, torch.Tensor):
                 raise InputMismatchError(f"input %{v.name} must be a tensor {v.type}, got {type(a).__name__}")
+            if a.device.type != "cpu" or a.layout != torch.strided or a.is_quantized:
+                raise InputMismatchError(f"input %{v.name} must be a dense CPU tensor {v.type}, got one on "
+                                         f"device {a.device} with layout {a.layout}")
             got = TensorType.of(a)
             if got.dtype != v.type.dtype or (v.type.is_static and got.shape != v.type.shape) \
                     or len(got.shape) != len(v.type.shape):
                 raise InputMismatchError(f"input %{v.name}: expected {v.type}, got {got}")
+            if not a.is_contiguous() or a.storage_offset() < 0:
+                a = a.contiguous()
+            ready.append(a)
+        return tuple(ready)
 
     def __call__(self, *args):
-        self.check_inputs(args)
-        with torch.inference_mode():
+        """Run the plan. Outputs are ordinary tensors, as eager's under ``torch.no_grad()``: fresh
+        unless eager's output is a view of an input, writable, usable in autograd."""
+        args = self.check_inputs(args)
+        with torch.no_grad():
             return self._run(self._weights, *args)
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ its last use (``del``) so that no activation outlives its plan interval.
 """
 from __future__ import annotations
 
+import builtins
 import itertools
 import keyword
 import linecache
@@ -25,8 +26,30 @@ from memplan.ir.printer import format_arguments
 from memplan.plan import Plan
 from memplan.units import format_bytes
 
-_RESERVED = {"torch", "aten", "memplan_ops", "weights", "run"}
+_ARENA = "arena"
+# every name the emitted module binds or reads besides the values: a value may never take one
+_RESERVED = frozenset({"torch", "aten", "memplan_ops", "weights", "run", "inf", "nan", _ARENA}
+                      | {f"{_ARENA}_{dt}" for dt in DTYPES} | set(dir(builtins)) | set(keyword.kwlist)
+                      | set(getattr(keyword, "softkwlist", ())))
 _counter = itertools.count()
+_COMMENT_LIMIT = 160
+
+
+def comment_text(text) -> str:
+    """``text`` made safe for a ``#`` comment of emitted code: printable ASCII only (every other
+    character, line breaks included, becomes ``?``), at most ``_COMMENT_LIMIT`` characters. Names
+    and provenance come from a user's file; nothing from it may end a comment line."""
+    text = str(text)
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text[:_COMMENT_LIMIT])
+    return clean + ("..." if len(text) > _COMMENT_LIMIT else "")
+
+
+def identifier(text: str) -> str:
+    """An ASCII Python identifier derived from ``text`` (not yet checked against reserved names)."""
+    base = "".join(c if (c.isascii() and (c.isalnum() or c == "_")) else "_" for c in text)[:64]
+    if not base or base[0].isdigit():
+        base = "v_" + base
+    return base
 
 
 def _returns_sequence(opdef) -> bool:
@@ -45,8 +68,8 @@ class _Names:
 
     def __call__(self, v: Value) -> str:
         if v.name not in self.map:
-            base = "".join(c if c.isalnum() or c == "_" else "_" for c in v.name)
-            if not base or base[0].isdigit() or keyword.iskeyword(base) or base in _RESERVED:
+            base = identifier(v.name)
+            if base in _RESERVED or base.startswith("__"):
                 base = "v_" + base
             name, i = base, 1
             while name in self.used:
@@ -72,6 +95,7 @@ def emit_python(graph: Graph, plan: Plan) -> str:
     so they never pin or alias the arena. Without an allocation, values are
     dropped at their last use instead.
     """
+    _check_emittable(graph)
     names = _Names()
     by_name = {n.name: n for n in graph.nodes}
     order = plan.schedule or [n.name for n in graph.nodes]
@@ -79,7 +103,7 @@ def emit_python(graph: Graph, plan: Plan) -> str:
     use_arena = bool(plan.allocation)
 
     s = plan.stats
-    lines = [f"# memplan: graph {graph.name!r} on target {plan.target!r}, {len(order)} steps"]
+    lines = [f"# memplan: graph {comment_text(graph.name)} on target {comment_text(plan.target)}, {len(order)} steps"]
     if "planned_peak_bytes" in s:
         lines.append(f"# planned peak {format_bytes(s['planned_peak_bytes'])}: arena "
                      f"{format_bytes(s['arena_bytes'])} + outputs and scratch {format_bytes(s['outside_arena_bytes'])}; "
@@ -101,7 +125,7 @@ def emit_python(graph: Graph, plan: Plan) -> str:
     for step, node_name in enumerate(order):
         node = by_name[node_name]
         origin = ", ".join(x for x in (_short_op(node.source_op or node.op), node.source) if x)
-        comment = f"  # {step}: from {origin}"
+        comment = f"  # {step}: from {comment_text(origin)}"
         if node.reuses is not None:
             body += _inplace_step(node, names, comment)
         elif use_arena:
@@ -113,9 +137,37 @@ def emit_python(graph: Graph, plan: Plan) -> str:
         if dead:
             body.append(f"del {', '.join(dead)}")
     rets = [names(v) for v in graph.outputs]
-    body.append(f"return {rets[0]}" if len(rets) == 1 else f"return ({', '.join(rets)},)")
+    body.append(f"return {rets[0]}" if len(rets) == 1 else f"return ({''.join(r + ', ' for r in rets)})")
     lines += ["    " + b for b in body]
     return "\n".join(lines) + "\n"
+
+
+def _check_emittable(graph: Graph) -> None:
+    """The emitted code holds literals only: every shape is concrete and every argument a plain
+    value (a symbolic dim printed into code would be read as a Python name)."""
+    import sympy
+    from memplan.errors import MemplanError
+
+    for v in graph.values():
+        if not v.type.is_static:
+            raise MemplanError(f"value %{v.name} has symbolic type {v.type}: the PyTorch backend emits concrete "
+                               "shapes; bind the symbolic dims first (example inputs, --input-shape)")
+    for node in graph.nodes:
+        for leaf in _leaves((node.args, node.kwargs)):
+            if isinstance(leaf, sympy.Basic):
+                raise MemplanError(f"node {node.name} ({node.op}) has the symbolic argument {comment_text(leaf)}: "
+                                   "the PyTorch backend emits concrete values only")
+
+
+def _leaves(obj):
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _leaves(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _leaves(item)
+    else:
+        yield obj
 
 
 def _call(node, names, op: str | None = None, outs: dict[str, Value] | None = None) -> str:
@@ -152,9 +204,6 @@ def _last_uses(graph, order, by_name) -> dict[int, list[str]]:
         if name not in keep:
             freed_at.setdefault(step, []).append(name)
     return freed_at
-
-
-_ARENA = "arena"
 
 
 def _arena_view(dtype: str) -> str:

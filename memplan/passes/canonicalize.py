@@ -4,7 +4,9 @@
   ``aten.alias``, ``aten.detach``, ``aten.lift_fresh_copy``; what eval-mode
   dropout exports as) is replaced by its input: every registered op is pure,
   so nothing can observe the missing copy, and its buffer is never planned.
-  A copy that is a graph output stays, so outputs never alias inputs.
+  A copy that is a graph output, or that a graph output views, stays, so
+  an output is fresh wherever eager's is. A graph output whose storage is a
+  weight is copied (the compiled module's weights are never handed out).
 - ``aten.reshape`` (which returns a view when the input's layout allows,
   and a fresh copy otherwise, so no planner could account for it) becomes
   ``aten.view`` where the eager layout allows a view, and
@@ -20,7 +22,8 @@
 """
 import torch
 
-from memplan.ir.graph import Graph, Value, map_values
+from memplan.ir.graph import PARAM, Graph, Value, map_values
+from memplan.ir.ops import lookup
 from memplan.passes.layout import channels_last_consumers, eager_strides, layout_copy
 from memplan.passes.manager import register_pass
 
@@ -38,7 +41,7 @@ def _is_identity_copy(node) -> bool:
 @register_pass("canonicalize", kind="graph")
 def canonicalize(graph: Graph, ctx) -> Graph:
     """Forward identity copies to their input; drop dead nodes and unused params."""
-    outputs = {v.name for v in graph.outputs}
+    outputs = _output_aliases(graph)
     replace: dict[str, Value] = {}
     kept_nodes = []
     for node in graph.nodes:
@@ -69,7 +72,48 @@ def canonicalize(graph: Graph, ctx) -> Graph:
         graph.weights.pop(p.name, None)
     if removed or unused:
         ctx.log.append(f"canonicalize: removed {removed} dead nodes and {len(unused)} unused params")
+    copied = _copy_weight_outputs(graph)
+    if copied:
+        ctx.log.append(f"canonicalize: {copied} graph outputs that are weights (or views of them) are copied")
     return graph
+
+
+def _output_aliases(graph: Graph) -> set[str]:
+    """Names of the values whose storage a graph output shares: the outputs and, through chains of
+    views, the values they view. A copy producing one of them makes a graph output fresh: removing
+    it would hand the caller a tensor that shares memory with an input or a weight."""
+    producer = {v.name: n for n in graph.nodes for v in n.outputs}
+    out: set[str] = set()
+    stack = [v.name for v in graph.outputs]
+    while stack:
+        name = stack.pop()
+        if name in out:
+            continue
+        out.add(name)
+        node = producer.get(name)
+        if node is not None and node.inputs and lookup(node.op, node=node.name).view:
+            stack.append(node.inputs[0].name)
+    return out
+
+
+def _copy_weight_outputs(graph: Graph) -> int:
+    """Copy every graph output whose storage is a weight: the compiled module owns its weights, and
+    a caller writing into a returned weight would change every later call's result."""
+    from memplan.passes.liveness import storage_roots
+    roots = storage_roots(graph)
+    kind = {v.name: v.kind for v in graph.values()}
+    copies: dict[str, Value] = {}
+    new_outputs = []
+    for v in graph.outputs:
+        if kind[roots[v.name]] == PARAM:
+            if v.name not in copies:
+                (copies[v.name],) = graph.add_node("aten.clone.default", (v,), {}, [v.type], name=f"{v.name}_copy",
+                                                   source=v.producer.source if v.producer else "",
+                                                   source_op="copy of a weight returned as an output")
+            v = copies[v.name]
+        new_outputs.append(v)
+    graph.outputs = new_outputs
+    return len(copies)
 
 
 def _lower_reshapes(graph: Graph, ctx) -> None:

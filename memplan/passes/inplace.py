@@ -31,7 +31,7 @@ reads a value after it was overwritten. Option ``inplace=False`` turns it off.
 from __future__ import annotations
 
 from memplan.ir.custom_ops import INPLACE_ARGS
-from memplan.ir.graph import NODE, Graph, Node, Value
+from memplan.ir.graph import NODE, Graph, Node, Value, iter_values
 from memplan.ir.ops import OpKind, lookup
 from memplan.passes.layout import eager_strides, is_dense
 from memplan.passes.liveness import storage_roots
@@ -56,6 +56,38 @@ def _overwritable(node: Node) -> list[Value]:
     if node.op in INPLACE_ARGS:
         return [node.args[i] for i in INPLACE_ARGS[node.op] if isinstance(node.args[i], Value)]
     return list(dict.fromkeys(node.inputs))
+
+
+def reads_overwritten(node: Node, reused: str, roots: dict[str, str]) -> str | None:
+    """The name of a value ``node`` reads from the storage it would overwrite through ``reused``,
+    other than the reads an in-place kernel allows; None if there is none.
+
+    An elementwise or broadcast op may read ``reused`` itself, in any argument: element ``i`` of
+    every operand is read before element ``i`` of the result is written. Any other alias of the
+    same storage (a view, a transposed copy of the pointer) is read at other indices. An op listed
+    in ``custom_ops.INPLACE_ARGS`` (a convolution adding into its residual) reads its other operands
+    across the whole tensor, so it may read the storage only once, at a listed argument position:
+    ``conv(h) + h`` written into ``h`` would convolve the partially overwritten ``h``.
+    """
+    r = roots[reused]
+    if node.op in INPLACE_ARGS:
+        allowed = set(INPLACE_ARGS[node.op])
+        hits = []
+        for i, arg in enumerate(node.args):
+            for v in iter_values(arg):
+                if roots[v.name] == r:
+                    hits.append((i, v.name))
+        for v in iter_values(node.kwargs):
+            if roots[v.name] == r:
+                hits.append((None, v.name))
+        bad = [name for i, name in hits if i not in allowed or name != reused]
+        if bad:
+            return bad[0]
+        return hits[1][1] if len(hits) > 1 else None
+    for v in node.inputs:
+        if roots[v.name] == r and v.name != reused:
+            return v.name
+    return None
 
 
 def mark_inplace(graph: Graph) -> list[Node]:
@@ -94,8 +126,8 @@ def mark_inplace(graph: Graph) -> list[Node]:
             shape = [int(d) for d in x.type.shape] if x.type.is_static else None
             if shape is None or strides.get(x.name) != strides.get(out.name) or not is_dense(shape, strides[x.name]):
                 continue
-            if any(roots[v.name] == r and v.name != x.name for v in node.inputs):
-                continue  # it reads another alias of the bytes it would overwrite
+            if reads_overwritten(node, x.name, roots):
+                continue  # it reads the bytes it would overwrite other than element by element
             inside = {producer[m] for m in members[r] if m in producer}
             outside_readers = set().union(*(readers[m] for m in members[r])) - inside - {node.name}
             if any(not (anc[node.name] >> index[u]) & 1 for u in outside_readers):

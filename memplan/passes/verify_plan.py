@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from memplan.errors import PlanVerificationError
 from memplan.ir.graph import Graph
-from memplan.ir.ops import is_view
+from memplan.ir.custom_ops import INPLACE_ARGS
+from memplan.ir.graph import iter_values
+from memplan.ir.ops import OpKind, is_view, lookup
 from memplan.ir.types import eval_bytes
 from memplan.passes.manager import register_pass
 from memplan.plan import Plan
@@ -47,7 +49,7 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
     end = len(plan.schedule)
     arena = plan.allocation
     tier_of = plan.placement
-    arena_bytes = plan.stats.get("arena_bytes")
+    arena_bytes = _check_storage(graph, plan, target, root, outputs, alignment)
     in_arena = {name: tier for tier, offsets in arena.items() for name in offsets}
 
     available = {v.name for v in graph.inputs} | {v.name for v in graph.params}
@@ -98,7 +100,7 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
     for v in graph.outputs:
         if v.name not in available:
             raise PlanVerificationError(f"graph output %{v.name} is never produced")
-    _check_capacity(graph, plan, target, end)
+    _check_capacity(graph, plan, target, end, root, outputs)
 
 
 def _check_inplace(step, node, root, values_of, clobbered, graph_outputs):
@@ -109,10 +111,10 @@ def _check_inplace(step, node, root, values_of, clobbered, graph_outputs):
         raise PlanVerificationError(f"step {step}: node {node.name} writes in place over %{node.reuses}, "
                                     f"which is not one of its inputs (or it has several outputs)")
     r = root[reused.name]
-    others = [v.name for v in node.inputs if root[v.name] == r and v.name != reused.name]
-    if others:
-        raise PlanVerificationError(f"step {step}: node {node.name} overwrites %{reused.name} in place while "
-                                    f"reading %{others[0]}, another alias of the same storage %{r}")
+    other = _reads_overwritten(node, reused.name, root)
+    if other is not None:
+        raise PlanVerificationError(f"step {step}: node {node.name} ({node.op}) overwrites %{reused.name} in "
+                                    f"place while reading %{other} from the same storage %{r} in the same step")
     if eval_bytes(node.outputs[0].nbytes) > eval_bytes(reused.nbytes):
         raise PlanVerificationError(f"step {step}: node {node.name} writes {eval_bytes(node.outputs[0].nbytes)} "
                                     f"bytes in place over %{reused.name}, which holds {eval_bytes(reused.nbytes)}")
@@ -122,12 +124,73 @@ def _check_inplace(step, node, root, values_of, clobbered, graph_outputs):
         clobbered.setdefault(v, node.name)
 
 
+def _reads_overwritten(node, reused: str, root) -> str | None:
+    """A value ``node`` reads from the storage it overwrites, other than what an in-place kernel
+    may read: an elementwise or broadcast op may read ``reused`` itself (element by element);
+    an op of ``INPLACE_ARGS`` may read the storage once, as ``reused`` at a listed position;
+    nothing else may read it at all."""
+    r = root[reused]
+    kind = lookup(node.op, node=node.name).kind
+    hits = [(i, v.name) for i, a in enumerate(node.args) for v in iter_values(a) if root[v.name] == r]
+    hits += [(None, v.name) for v in iter_values(node.kwargs) if root[v.name] == r]
+    if node.op in INPLACE_ARGS:
+        allowed = set(INPLACE_ARGS[node.op])
+        bad = [name for i, name in hits if i not in allowed or name != reused]
+        return bad[0] if bad else (hits[1][1] if len(hits) > 1 else None)
+    if kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST):
+        bad = [name for _i, name in hits if name != reused]
+        return bad[0] if bad else None
+    return hits[0][1] if hits else reused  # no kernel of another kind may write over what it reads
+
+
+def _check_storage(graph, plan, target, root, outputs, alignment) -> int | None:
+    """The storage the plan asks for is one the backend realises: one arena, in the target's main
+    tier, of ``stats.arena_bytes`` bytes, holding only buffers the graph's nodes produce, each at a
+    non-negative integer offset. Returns the arena's size (None without an allocation)."""
+    arena = plan.allocation
+    if not isinstance(arena, dict) or not all(isinstance(t, dict) for t in arena.values()):
+        raise PlanVerificationError("plan allocation must map a tier name to {buffer: offset}")
+    tiers = [t for t, offsets in arena.items() if offsets]
+    if len(tiers) > 1:
+        raise PlanVerificationError(f"plan allocates in {len(tiers)} tiers ({', '.join(map(repr, tiers[:4]))}); the "
+                                    "PyTorch backend places one arena, in the target's main memory tier")
+    if target is not None and tiers and tiers[0] != target.main_tier.name:
+        raise PlanVerificationError(f"plan allocates in tier {tiers[0]!r}, which is not the main memory tier "
+                                    f"{target.main_tier.name!r} of target {target.name!r}")
+    if not tiers:
+        return plan.stats.get("arena_bytes") if isinstance(plan.stats.get("arena_bytes"), int) else None
+    arena_bytes = plan.stats.get("arena_bytes")
+    if not isinstance(arena_bytes, int) or isinstance(arena_bytes, bool) or arena_bytes < 0:
+        raise PlanVerificationError(f"plan allocates an arena but states no size for it (stats.arena_bytes "
+                                    f"is {arena_bytes!r:.40})")
+    producer_of = {v.name for n in graph.nodes for v in n.outputs}
+    tier = tiers[0]
+    for name, offset in arena[tier].items():
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise PlanVerificationError(f"%{name}: offset {offset!r:.40} in tier {tier!r} is not an integer")
+        if offset < 0:
+            raise PlanVerificationError(f"%{name}: offset {offset} in tier {tier!r} is negative")
+        if name not in producer_of:
+            raise PlanVerificationError(f"tier {tier!r} allocates %{name}, which no node of graph "
+                                        f"{graph.name!r} produces")
+        if root[name] != name:
+            raise PlanVerificationError(f"tier {tier!r} allocates %{name}, a view or in-place result that owns "
+                                        f"no bytes (its storage is %{root[name]})")
+        if name in outputs:
+            raise PlanVerificationError(f"graph output %{name} is placed in the arena ({tier}); outputs must "
+                                        "live outside it")
+        where = plan.placement.get(name, tier) if isinstance(plan.placement, dict) else tier
+        if where != tier:
+            raise PlanVerificationError(f"%{name} is placed in {where!r} but allocated in tier {tier!r}")
+    return arena_bytes
+
+
 def _place(step, node, name, size, in_arena, arena, live, arena_bytes, alignment):
     tier = in_arena.get(name)
     if tier is None:
         raise PlanVerificationError(f"step {step}: %{name} (written by {node}) has no slot in any arena")
     offset = arena[tier][name]
-    if offset < 0 or offset % alignment:
+    if offset % alignment:
         raise PlanVerificationError(f"step {step}: %{name} at offset {offset} is not {alignment}-byte aligned")
     if arena_bytes is not None and offset + size > arena_bytes:
         raise PlanVerificationError(f"step {step}: %{name} [{offset}, {offset + size}) reaches past the "
@@ -140,8 +203,33 @@ def _place(step, node, name, size, in_arena, arena, live, arena_bytes, alignment
     live[name] = (offset, offset + size)
 
 
-def _check_capacity(graph, plan, target, end):
+def _peak_of_storage(graph, plan, root, outputs) -> int | None:
+    """The peak the plan's storage makes: the arena, plus at each step the graph outputs produced so
+    far and that step's scratch (``stats.scratch_bytes``, measured when the plan was made)."""
+    arena_bytes = plan.stats.get("arena_bytes")
+    if not plan.allocation or not isinstance(arena_bytes, int):
+        return None
+    scratch = plan.stats.get("scratch_bytes") or {}
+    nodes = {n.name: n for n in graph.nodes}
+    held, worst = 0, 0
+    for name in plan.schedule:
+        for v in nodes[name].outputs:
+            if root[v.name] == v.name and v.name in outputs:
+                held += eval_bytes(v.nbytes)
+        extra = scratch.get(name, 0) if isinstance(scratch, dict) else 0
+        worst = max(worst, held + (extra if isinstance(extra, int) else 0))
+    return arena_bytes + worst
+
+
+def _check_capacity(graph, plan, target, end, root=None, outputs=None):
     planned = plan.stats.get("planned_peak_bytes")
+    if root is not None:
+        recomputed = _peak_of_storage(graph, plan, root, outputs)
+        if recomputed is not None:
+            if isinstance(planned, int) and planned < recomputed:
+                raise PlanVerificationError(f"plan states a planned peak of {format_bytes(planned)}, but its arena "
+                                            f"and outputs need {format_bytes(recomputed)}")
+            planned = recomputed if not isinstance(planned, int) else max(planned, recomputed)
     budget = plan.stats.get("memory_budget")
     if planned is not None and budget is not None and planned > budget:
         raise PlanVerificationError(f"planned peak {format_bytes(planned)} exceeds the memory budget "

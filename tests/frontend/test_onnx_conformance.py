@@ -69,10 +69,47 @@ def test_model_case(case):
     _check(case)
 
 
+# Light models whose constant weights make every logit equal in exact arithmetic, at about 1e12:
+# the stored softmax is uniform only because the reference rounds every logit alike, and any
+# other summation order (oneDNN's blocking, another CPU's vector width) gives a different,
+# equally right, softmax. These are checked on the logits instead, against onnxruntime.
+ILL_CONDITIONED_SOFTMAX = {"test_bvlc_alexnet"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", REAL_CLAIMED, ids=lambda c: c.name)
 def test_real_model(case):
-    _check(case)
+    if case.name in ILL_CONDITIONED_SOFTMAX:
+        _check_logits(case)
+    else:
+        _check(case)
+
+
+def _check_logits(case):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    import memplan
+
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    (inputs, _expected), = case.data_sets
+    last = model.graph.node[-1]
+    assert last.op_type == "Softmax" and last.output[0] == model.graph.output[0].name
+    logits = last.input[0]
+    del model.graph.node[-1]
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits))
+    feeds = {vi.name: x for vi, x in zip([i for i in model.graph.input
+                                          if i.name not in {t.name for t in model.graph.initializer}], inputs)}
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    ours = memplan.compile(model, list(inputs))(*[torch.from_numpy(x) for x in inputs]).numpy()
+    case.release()
+    scale = float(np.abs(reference).max())
+    assert scale > 0
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-4 * scale)
 
 
 def test_claimed_coverage():
