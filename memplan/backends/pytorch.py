@@ -244,8 +244,10 @@ def _arena_step(node, names, offsets, strides, comment) -> list[str]:
         for v in node.outputs:
             if v.name in offsets:
                 lines.append(f"{names(v)} = {_slot(v, offsets, strides)}")
-            else:
-                lines.append(f"{names(v)} = torch.empty({list(v.type.shape)}, dtype={DTYPES[v.type.dtype]})")
+            else:  # a graph output: a tensor of its own, laid out as eager lays it out
+                shape = [int(d) for d in v.type.shape]
+                lines.append(f"{names(v)} = torch.empty_strided({tuple(shape)}, "
+                             f"{tuple(slot_strides(shape, strides.get(v.name)))}, dtype={DTYPES[v.type.dtype]})")
         lines.append(f"{_call(node, names, out_op, dict(zip(out_args, node.outputs)))}{comment}")
         return lines
     # no out= variant: the op allocates its result; copy what belongs in the arena into its slot

@@ -58,6 +58,10 @@ def export_model(model, example_inputs, dynamic_shapes=None) -> ExportedProgram:
         for i, a in enumerate(args):
             if not isinstance(a, torch.Tensor):
                 raise InputMismatchError(f"example input {i} is a {type(a).__name__}; memplan takes tensors")
+        # Each example input gets storage of its own: torch.export specialises the graph to the aliasing
+        # it sees (the same tensor passed twice becomes one input), and the plan must hold for
+        # distinct tensors at run time.
+        args = tuple(a.detach().clone() for a in args)
         was_training = model.training
         model.eval()
         try:

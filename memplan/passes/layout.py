@@ -140,3 +140,33 @@ def slot_strides(shape, eager: tuple[int, ...] | None) -> tuple[int, ...]:
     if eager is None or any(d == 0 for d in shape) or not is_dense(shape, eager):
         return contiguous_strides(shape)
     return tuple(eager)
+
+
+def same_layout(shape, a, b) -> bool:
+    """True when strides ``a`` and ``b`` address ``shape`` alike (strides of size-1 dims do not matter)."""
+    if a is None or b is None:
+        return a == b
+    return all(x == y for d, x, y in zip(shape, a, b) if int(d) != 1)
+
+
+def copy_to_layout(graph: Graph, value, strides, *, name: str) -> list:
+    """The nodes (not yet in ``graph.nodes``) that copy ``value`` into a fresh buffer whose strides
+    are ``strides`` where those lay the value out densely (a permuted contiguous layout, as eager
+    gives most results), else dense in the same order of dims: a permute into that order, a
+    contiguous copy, the inverse permute."""
+    shape = [int(d) for d in value.type.shape]
+    order = sorted(range(len(shape)), key=lambda d: (shape[d] != 1, -strides[d], d))
+    where = {"source": value.producer.source if value.producer else "",
+             "source_op": value.producer.source_op if value.producer else ""}
+    contiguous = {"memory_format": torch.contiguous_format}
+    if order == sorted(order):
+        graph.add_node("aten.clone.default", (value,), contiguous, [value.type], name=name, **where)
+        return [graph.nodes.pop()]
+    inverse = sorted(range(len(order)), key=lambda d: order[d])
+    (ordered,) = graph.add_node("aten.permute.default", (value, order), {},
+                                [TensorType(value.type.dtype, [shape[d] for d in order])], name=f"{name}_order", **where)
+    (dense,) = graph.add_node("aten.clone.default", (ordered,), contiguous, [ordered.type], name=f"{name}_copy", **where)
+    graph.add_node("aten.permute.default", (dense, inverse), {}, [value.type], name=name, **where)
+    nodes = graph.nodes[-3:]
+    del graph.nodes[-3:]
+    return nodes

@@ -28,8 +28,8 @@ import torch
 
 from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD, MKLDNN_CONVS
 from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value
-from memplan.passes.layout import (PLAIN_VIEWS, channels_last_consumers, channels_last_order, contiguous_strides,
-                                   eager_strides, layout_copy)
+from memplan.passes.layout import (PLAIN_VIEWS, channels_last_consumers, channels_last_order, copy_to_layout,
+                                   eager_strides, layout_copy, same_layout)
 from memplan.passes.manager import register_pass
 
 CONV = "aten.convolution.default"
@@ -169,16 +169,20 @@ def _relayout_copies(graph: Graph) -> None:
 
 
 def _repair_layouts(graph: Graph, before: dict) -> None:
-    """Views the channels-last layout cannot serve copy first; graph outputs keep eager's layout."""
+    """Views the channels-last layout cannot serve copy first; graph outputs keep eager's layout:
+    an output whose strides changed is copied into eager's (:func:`~memplan.passes.layout.copy_to_layout`)."""
     after = eager_strides(graph, repair_views=True)
     new_outputs = []
+    copies: dict[str, Value] = {}
     for v in graph.outputs:
         shape = [int(d) for d in v.type.shape] if v.type.is_static else None
-        if (shape is not None and v.kind == NODE and after.get(v.name) != before.get(v.name)
-                and before.get(v.name) == contiguous_strides(shape)):
-            (v,) = graph.add_node("aten.clone.default", (v,), {"memory_format": torch.contiguous_format},
-                                  [v.type], name=f"{v.name}_nchw", source=v.producer.source,
-                                  source_op=v.producer.source_op)
+        if (shape is not None and v.kind == NODE and before.get(v.name) is not None
+                and not same_layout(shape, after.get(v.name), before[v.name])):
+            if v.name not in copies:
+                nodes = copy_to_layout(graph, v, before[v.name], name=f"{v.name}_eager_layout")
+                graph.nodes.extend(nodes)
+                copies[v.name] = nodes[-1].outputs[0]
+            v = copies[v.name]
         new_outputs.append(v)
     graph.outputs = new_outputs
 
