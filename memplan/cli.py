@@ -9,16 +9,19 @@
     memplan alloc buffers.csv --capacity 2MiB -o offsets.csv   # static allocation of a plain instance
 
 Errors print one line on stderr and exit with status 1 (2 for usage errors);
-``--debug`` shows the traceback.
+``--debug`` shows the traceback. ``lower`` checks its options and the output
+folder before compiling, and writes its files (dumps included) only when the
+whole run succeeded: a failed run writes nothing.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
-from memplan.errors import MemplanError
+from memplan.errors import IRParseError, MemplanError, OutputPathError, PlanFormatError
 
 EMITS = ("ir", "python", "plan", "report")
 
@@ -28,45 +31,139 @@ def _console():
     return Console(highlight=False)
 
 
-def cmd_lower(args) -> int:
-    import memplan
-    from memplan.frontend.onnx import input_shapes_from_spec
-
-    path = Path(args.model)
-    emits = [e.strip() for e in args.emit.split(",") if e.strip()]
+def _parse_emits(text: str) -> list[str]:
+    emits = list(dict.fromkeys(e.strip() for e in text.split(",") if e.strip()))
     bad = [e for e in emits if e not in EMITS]
     if bad:
-        raise MemplanError(f"--emit {bad[0]!r}: choose from {', '.join(EMITS)}")
+        raise MemplanError(f"--emit {_clip(bad[0])!r}: choose from {', '.join(EMITS)}")
+    return emits
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters for an error message (never echo a whole user value)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse_budget(text: str | None) -> int | None:
+    from memplan.errors import BudgetFormatError
+    from memplan.units import parse_bytes
+    if text is None:
+        return None
+    try:
+        return parse_bytes(text, what="--budget")
+    except MemplanError:
+        raise
+    except (ArithmeticError, ValueError):  # a number too large to hold
+        raise BudgetFormatError(f"--budget: cannot read {_clip(text)!r} as bytes (too large)") from None
+
+
+def _output_names(stem: str, emits: list[str]) -> dict[str, str]:
+    """What each ``--emit`` kind writes: ``{kind: file name}`` (report: two files)."""
+    names = {"ir": f"{stem}.mir", "python": f"{stem}.py", "plan": f"{stem}.plan.json",
+             "report": f"{stem}.report.png", "report_html": f"{stem}.report.html"}
+    wanted = [*emits, *(["report_html"] if "report" in emits else [])]
+    return {kind: names[kind] for kind in wanted}
+
+
+def _check_report_prerequisites() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise MemplanError(f"--emit report draws with matplotlib, which cannot be imported ({exc}); "
+                           "install it (pip install matplotlib) or leave 'report' out of --emit") from None
+
+
+def _check_outputs(out: Path, names: dict[str, str], dumps: bool) -> None:
+    """Before any work: ``-o`` is a folder memplan can write, and no output file is a folder."""
+    from memplan.outputs import check_output_dir
+    check_output_dir(out, "-o")
+    for name in names.values():
+        if (out / name).is_dir():
+            raise OutputPathError(f"-o {str(out)!r}: {name!r} there is a folder; memplan writes a file of that name")
+    if dumps:
+        check_output_dir(out / "dumps", "dump folder")
+
+
+def _render_report(plan, stem: str) -> dict[str, bytes]:
+    """The report's files, drawn in a scratch folder and returned as bytes."""
+    from memplan.report import write_report
+    with tempfile.TemporaryDirectory(prefix="memplan-report-") as tmp:
+        try:
+            paths = write_report(plan, tmp, stem)
+        except ImportError as exc:
+            raise MemplanError(f"--emit report: cannot draw the report ({exc}); install matplotlib or leave "
+                               "'report' out of --emit") from None
+        return {p.name: p.read_bytes() for p in paths}
+
+
+def cmd_lower(args) -> int:
+    """``memplan lower``: every check first, then compile, render all outputs in memory, write them
+    only when everything succeeded (a failed run writes nothing)."""
+    path = Path(args.model)
+    emits = _parse_emits(args.emit)
     out = Path(args.output)
+    stem = path.stem
+    names = _output_names(stem, emits)
+    _check_outputs(out, names, bool(args.dump_ir_after))
+    if "report" in emits:
+        _check_report_prerequisites()
+    budget = _parse_budget(args.budget)
+
+    from rich.markup import escape
+
+    import memplan
+    from memplan.frontend.onnx import input_shapes_from_spec
+    from memplan.outputs import write_files
+
     examples = input_shapes_from_spec(args.input_shape) if args.input_shape else None
     console = _console()
-    with console.status(f"lowering {path.name}"):
-        cm = memplan.compile(path, examples, target=args.target, memory_budget=args.budget,
-                             dump_ir_after=args.dump_ir_after, dump_dir=out / "dumps" if args.dump_ir_after else None,
-                             verify_each=args.verify_each)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = path.stem
-    written = []
-    if "ir" in emits:
-        (out / f"{stem}.mir").write_text(cm.ir + "\n")
-        written.append(out / f"{stem}.mir")
-    if "python" in emits:
-        (out / f"{stem}.py").write_text(cm.source)
-        written.append(out / f"{stem}.py")
-    if "plan" in emits:
-        cm.plan.save(out / f"{stem}.plan.json")
-        written.append(out / f"{stem}.plan.json")
-    if "report" in emits:
-        from memplan.report import write_report
-        written.extend(write_report(cm.plan, out, stem))
+    files: dict[str, str | bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="memplan-dumps-") as staging:
+        dump_dir = Path(staging) / "dumps" if args.dump_ir_after else None
+        with console.status(f"lowering {escape(_clip(path.name))}"):
+            cm = memplan.compile(path, examples, target=args.target, memory_budget=budget,
+                                 dump_ir_after=args.dump_ir_after, dump_dir=dump_dir,
+                                 verify_each=args.verify_each)
+            if "ir" in emits:
+                files[names["ir"]] = cm.ir + "\n"
+            if "python" in emits:
+                files[names["python"]] = cm.source
+            if "plan" in emits:
+                files[names["plan"]] = cm.plan.to_json()
+            if "report" in emits:
+                files.update(_render_report(cm.plan, stem))
+        if dump_dir is not None and dump_dir.is_dir():
+            for dump in sorted(dump_dir.iterdir()):
+                files[f"dumps/{dump.name}"] = dump.read_bytes()
+    written = write_files(out, files)
     console.print(cm.plan.summary(), soft_wrap=True, markup=False)
     for line in cm.log:
-        console.print(f"  {line}")
+        console.print(f"  {line}", soft_wrap=True, markup=False)
     for w in written:
-        console.print(f"wrote {w}")
+        if w.parent == out:
+            console.print(f"wrote {w}", soft_wrap=True, markup=False)
     if args.dump_ir_after:
-        console.print(f"IR dumps in {out / 'dumps'}")
+        console.print(f"IR dumps in {out / 'dumps'}", soft_wrap=True, markup=False)
     return 0
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; a one-line error naming the file if it is not UTF-8 text."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IRParseError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                           f"memplan show reads {what}") from None
+
+
+def _check_input_file(path: Path) -> None:
+    if not path.exists():
+        raise MemplanError(f"{str(path)!r} does not exist")
+    if path.is_dir():
+        raise MemplanError(f"{str(path)!r} is a folder; memplan show reads an IR (.mir) or plan (.plan.json) file")
+    if not path.is_file():
+        raise MemplanError(f"{str(path)!r} is not a regular file")
 
 
 def cmd_show(args) -> int:
@@ -78,25 +175,27 @@ def cmd_show(args) -> int:
     from memplan.units import format_bytes
 
     path = Path(args.file)
-    if not path.is_file():
-        raise MemplanError(f"{str(path)!r} does not exist")
+    _check_input_file(path)
     console = _console()
     if path.name.endswith(".plan.json"):
         try:
             plan = Plan.load(path)
-        except (ValueError, TypeError) as exc:
-            raise MemplanError(f"{path}: not a memplan plan file ({str(exc).splitlines()[0]})") from None
+        except MemplanError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PlanFormatError(f"{path}: not a memplan plan file ({_clip(reason, 200)})") from None
         ir_path = path.with_name(path.name[: -len(".plan.json")] + ".mir")
         console.print(plan.summary(), soft_wrap=True, markup=False)
         if ir_path.is_file():
-            graph = parse(ir_path.read_text())
+            graph = parse(_read_text(ir_path, "IR text (.mir)"))
             verify(graph)
             check_plan(graph, plan)
             console.print(f"[green]plan re-verified[/green] against {ir_path}")
         else:
             console.print(f"(no IR file {ir_path.name} beside the plan: schedule not re-verified)")
         return 0
-    graph = parse(path.read_text())
+    graph = parse(_read_text(path, "IR text (.mir) or a plan (.plan.json)"))
     verify(graph)
     live = liveness(graph)
     if not args.quiet:
@@ -131,8 +230,22 @@ def cmd_targets(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``memplan: error: ...``, exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"memplan: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    """``text`` as one printable line: control characters (newlines from a file's names
+    included) escaped, and at most ``limit`` characters."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return line if len(line) <= limit else line[:limit] + f"... ({len(line) - limit} more characters)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memplan", description="memory-aware execution planning")
+    parser = _Parser(prog="memplan", description="memory-aware execution planning")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     lower = sub.add_parser("lower", help="lower an ONNX model to IR, a plan and Python code")
@@ -166,15 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     except MemplanError as exc:
         if args.debug:
             raise
-        print(f"memplan: error: {exc}", file=sys.stderr)
+        print(f"memplan: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("memplan: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system said no: a user's error, not memplan's
+        if args.debug:
+            raise
+        where = f"{exc.filename!r}: " if exc.filename else ""
+        print(f"memplan: error: {_one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
+        return 1
     except Exception as exc:  # an internal bug: still one line unless --debug
         if args.debug:
             raise
-        print(f"memplan: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        print(f"memplan: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug)",
+              file=sys.stderr)
         return 3
 
 

@@ -41,6 +41,8 @@ from memplan.ir.ops import flatten_outputs, infer_types, lookup
 from memplan.ir.types import TensorType, dtype_name
 
 MIN_OPSET = 13
+MAX_TENSOR_BYTES = 2**53  # 8 PiB: a larger claim is no machine's tensor, and overflows size arithmetic
+FOLD_LIMIT = 256 * 2**20  # bytes: a constant computed at import time; a larger result becomes a node
 
 # ONNX TensorProto element type -> torch dtype (the types memplan can hold).
 ONNX_DTYPES: dict[int, torch.dtype] = {
@@ -130,6 +132,64 @@ def load_model(model_or_path):
     return model
 
 
+def newest_opset() -> int:
+    """The newest default-domain opset the installed ``onnx`` package defines (memplan's limit)."""
+    import onnx.defs
+    return onnx.defs.onnx_opset_version()
+
+
+def validate_model(model) -> None:
+    """Reject what ONNX itself (and onnxruntime) rejects before anything is lowered: an opset newer
+    than the installed ``onnx`` defines, a value defined twice (two nodes writing one name, a node
+    output shadowing a graph input or initializer), a read of an undefined value, and a graph
+    with no outputs. Raises :class:`ModelLoadError` naming the opset, node or value.
+    """
+    opset, newest = default_opset(model), newest_opset()
+    if opset > newest:
+        raise ModelLoadError(f"the model imports ONNX opset {opset} (default domain); the newest opset "
+                             f"memplan knows is {newest} (onnx {_onnx_version()})")
+    g = model.graph
+    defined: dict[str, str] = {}
+    for vi in g.input:
+        if vi.name in defined:
+            raise ModelLoadError(f"graph input {vi.name!r} is declared twice")
+        defined[vi.name] = "a graph input"
+    initializers: set[str] = set()
+    for init in g.initializer:
+        if init.name in initializers:
+            raise ModelLoadError(f"initializer {init.name!r} is defined twice")
+        initializers.add(init.name)
+        defined.setdefault(init.name, "an initializer")  # an input with a default value: one value
+    for sparse in g.sparse_initializer:
+        defined.setdefault(sparse.values.name, "a sparse initializer")
+    for node in g.node:
+        where = f"node {node.name!r} ({node.op_type})" if node.name else f"a {node.op_type} node"
+        for name in node.input:
+            if name and name not in defined:
+                raise ModelLoadError(f"{where} reads {name!r}, which no earlier node, graph input or "
+                                     "initializer defines (the graph is not topologically sorted, or the "
+                                     "name is misspelt)")
+        for name in node.output:
+            if not name:
+                continue
+            if name in defined:
+                raise ModelLoadError(f"{where} writes {name!r}, which {defined[name]} already defines; an "
+                                     "ONNX value is assigned exactly once")
+            defined[name] = where
+    if not len(g.output):
+        raise ModelLoadError(f"graph {g.name!r} has no outputs; memplan plans graphs that return at least "
+                             "one tensor")
+    for vi in g.output:
+        if vi.name not in defined:
+            raise ModelLoadError(f"graph output {vi.name!r} is not produced by any node, graph input or "
+                                 "initializer")
+
+
+def _onnx_version() -> str:
+    import onnx
+    return onnx.__version__
+
+
 def default_opset(model) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -175,15 +235,34 @@ def input_shapes_from_spec(spec: str) -> dict[str, tuple[int, ...]]:
         name, dims = name.strip(), dims.strip()
         if not eq or not name:
             raise InputMismatchError(f"input shape {part!r} is not NAME=D1xD2x... (e.g. x=1x3x224x224)")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
-        except ValueError:
-            raise InputMismatchError(f"input shape {part!r}: dims must be integers separated by 'x' "
-                                     "(e.g. x=1x3x224x224)") from None
-        if any(d < 0 for d in shape):
-            raise InputMismatchError(f"input shape {part!r}: dims must be non-negative")
-        shapes[name] = shape
+        text = dims.lower().split("x") if dims else []
+        if not all(d.strip().isdigit() and d.strip().isascii() for d in text):
+            raise InputMismatchError(f"input shape {_clip(part)!r}: dims must be non-negative integers "
+                                     "separated by 'x' (e.g. x=1x3x224x224)")
+        if any(len(d.strip()) > 16 for d in text):
+            raise InputMismatchError(f"input shape {_clip(part)!r}: a dim has more than 16 digits")
+        if name in shapes:
+            raise InputMismatchError(f"input shape for {_clip(name)!r} is given twice")
+        shapes[name] = tuple(int(d) for d in text)
     return shapes
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_tensor_size(what: str, shape: tuple[int, ...], dtype: torch.dtype, error=InputMismatchError) -> None:
+    """Raise ``error`` if ``shape`` has a negative dim or its ``dtype`` bytes exceed
+    :data:`MAX_TENSOR_BYTES` (a claim no memory holds, which would overflow size arithmetic)."""
+    for axis, d in enumerate(shape):
+        if d < 0:
+            raise error(f"{what} has dim {d} at axis {axis}; dims must be non-negative")
+    nbytes = torch.empty((), dtype=dtype).element_size()
+    for d in shape:
+        nbytes *= d
+    if nbytes > MAX_TENSOR_BYTES:
+        raise error(f"{what} has shape {list(shape)}: {nbytes} bytes of {dtype}, more than any memory holds "
+                    f"(memplan's limit is 2**53 bytes per tensor)")
 
 
 def _declared_dims(value_info) -> list | None:
@@ -237,6 +316,7 @@ def resolve_input_type(value_info, example) -> tuple[TensorType, torch.Tensor | 
                     f"graph input {name!r} has {label} at axis {i} (declared shape "
                     f"[{', '.join(str(x) if x is not None else '?' for x in declared)}]); memplan plans "
                     f"concrete shapes: pass example inputs (or --input-shape {name}=D1xD2x...)")
+        check_tensor_size(f"graph input {name!r}", tuple(declared), dtype, ModelLoadError)
         return TensorType(dtype_name(dtype), tuple(declared)), None
     if _is_shape(example):
         shape = tuple(int(d) for d in example)
@@ -263,6 +343,7 @@ def resolve_input_type(value_info, example) -> tuple[TensorType, torch.Tensor | 
             if isinstance(d, int) and d != s:
                 raise InputMismatchError(f"example input {name!r} has shape {list(shape)}, the model declares "
                                          f"{declared} (axis {i}: {s} != {d})")
+    check_tensor_size(f"example input {name!r}", shape, dtype)
     return TensorType(dtype_name(dtype), shape), data
 
 
@@ -302,6 +383,59 @@ def _map_tensors(obj, fn):
     if isinstance(obj, dict):
         return {k: _map_tensors(v, fn) for k, v in obj.items()}
     return obj
+
+
+def _nbytes(shape, dtype: torch.dtype) -> int:
+    n = torch.empty((), dtype=dtype).element_size()
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _size_hint(obj) -> int:
+    """A cheap guess at the elements an op on ``obj`` (constant arguments) may produce: the
+    broadcast size of its tensors, the largest size list (product or entry) and int."""
+    shapes, hint = [], 0
+    stack = [obj]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, torch.Tensor):
+            shapes.append(tuple(a.shape))
+            hint = max(hint, a.numel())
+        elif isinstance(a, (list, tuple)):
+            if a and all(isinstance(d, int) and not isinstance(d, bool) for d in a):
+                product = 1
+                for d in a:
+                    product *= abs(d)
+                hint = max(hint, product, *(abs(d) for d in a))
+            else:
+                stack.extend(a)
+        elif isinstance(a, dict):
+            stack.extend(a.values())
+        elif isinstance(a, int) and not isinstance(a, bool):
+            hint = max(hint, abs(a))
+    try:
+        broadcast = 1
+        for d in torch.broadcast_shapes(*shapes):
+            broadcast *= d
+        hint = max(hint, broadcast)
+    except RuntimeError:
+        pass
+    return hint
+
+
+def _folded_bytes(impl, args, kwargs) -> int:
+    """Bytes the result of folding ``impl(*args, **kwargs)`` would take: 0 when a cheap guess
+    says it is small (most folds: shape arithmetic), else from a run on meta tensors."""
+    if _size_hint((args, kwargs)) * 16 <= FOLD_LIMIT:
+        return 0
+    try:
+        meta_args, meta_kwargs = _map_tensors((args, kwargs), lambda t: torch.empty_like(t, device="meta"))
+        result = impl(*meta_args, **meta_kwargs)
+    except Exception:  # no meta kernel: fold as before (the real run raises if the op rejects them)
+        return 0
+    outs = [result] if isinstance(result, torch.Tensor) else flatten_outputs(result)
+    return sum(t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor))
 
 
 def _has_value(obj) -> bool:
@@ -405,7 +539,7 @@ class NodeBuilder:
         """Apply aten/memplan op ``op``: folded now if every tensor argument is a constant,
         else appended to the graph. Returns a Value/tensor, or a tuple for multi-output ops."""
         opdef = lookup(op, node=self.name, source=self.name)
-        if not _has_value((args, kwargs)):
+        if not _has_value((args, kwargs)) and _folded_bytes(opdef.impl, args, kwargs) <= FOLD_LIMIT:
             result = opdef.impl(*args, **kwargs)
             outs = [result] if isinstance(result, torch.Tensor) else flatten_outputs(result)
             self._name_folded(op, (args, kwargs), outs)
@@ -463,9 +597,25 @@ class NodeBuilder:
             return x
         return self.call("aten.reshape.default", x, shape)
 
-    def full(self, shape, value, dtype: torch.dtype) -> torch.Tensor:
-        """A constant tensor (folded at import time)."""
-        return torch.full(tuple(int(s) for s in shape), value, dtype=dtype)
+    def full(self, shape, value, dtype: torch.dtype):
+        """A constant tensor: folded at import time, or, where it would take more than
+        :data:`FOLD_LIMIT` bytes, the one value expanded to ``shape`` by a node (a view that
+        holds no bytes; the importer never allocates what a file merely claims)."""
+        shape = [int(s) for s in shape]
+        if any(d < 0 for d in shape):
+            raise self.fail(f"a constant of shape {shape}: dims must be non-negative")
+        self.check_size(shape, dtype, "the constant", limit=MAX_TENSOR_BYTES)
+        if _nbytes(shape, dtype) <= FOLD_LIMIT:
+            return torch.full(tuple(shape), value, dtype=dtype)
+        return self.call("aten.expand.default", torch.full((), value, dtype=dtype), shape)
+
+    def check_size(self, shape, dtype: torch.dtype, what: str, limit: int = FOLD_LIMIT) -> None:
+        """Raise :class:`UnsupportedOpError` before building a constant of ``shape`` larger than
+        ``limit`` bytes at import time (a file's claim must not exhaust this host's memory)."""
+        nbytes = _nbytes(shape, dtype)
+        if nbytes > limit:
+            raise self.fail(f"{what} would hold {list(shape)} {dtype} ({nbytes} bytes), more than the "
+                            f"{limit} bytes memplan computes while importing")
 
 
 # ---------------------------------------------------------------- attributes
@@ -523,8 +673,11 @@ def _onnx_types(model, input_types: dict[str, TensorType], bound: dict[str, torc
         m.graph.input.extend(keep)
         for name, t in bound.items():
             m.graph.initializer.append(numpy_helper.from_array(tensor_to_array(t), name))
+    # ONNX's data propagation evaluates Range on its constant inputs, however long the file says
+    # the range is (10**12 elements: std::bad_alloc, or the OOM killer): without it there
     try:
-        inferred = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+        data_prop = not any(node.op_type == "Range" for node in m.graph.node)
+        inferred = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=data_prop)
     except Exception:
         return {}
     out = {}
@@ -553,7 +706,9 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
     """
     from memplan.frontend.onnx_ops import lower_node
 
-    model = prepare_model(load_model(model_or_path))
+    model = load_model(model_or_path)
+    validate_model(model)
+    model = prepare_model(model)
     opset = default_opset(model)
     g = model.graph
     graph = Graph(_identifier(name or g.name or "onnx_model"))
@@ -611,12 +766,16 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
     outputs = []
     for vi in g.output:
         if vi.name not in importer.env:
-            raise MemplanError(f"graph output {vi.name!r} is not produced by any node")
+            raise ModelLoadError(f"graph output {vi.name!r} is not produced by any node")
         v = importer.env[vi.name]
         if v is None:
             raise UnsupportedOpError(f"graph output {vi.name!r} is an empty optional")
         if is_const(v):
             v = importer.materialize(v, vi.name)
+        if any(v is o for o in outputs):
+            # listed twice: onnxruntime returns two arrays, so the second is a copy of its own
+            v = graph.add_node("aten.clone.default", (v,), {}, [v.type], name=f"{v.name}_copy",
+                               source=vi.name, source_op="onnx::graph_output")[0]
         outputs.append(v)
     graph.outputs = outputs
     return graph

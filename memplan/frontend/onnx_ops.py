@@ -438,7 +438,10 @@ def lower_constant_of_shape(b, shape):
 @onnx_op("Range")
 def lower_range(b, start, limit, delta):
     s, l, d = (b.const(v, what) for v, what in ((start, "start"), (limit, "limit"), (delta, "delta")))
+    if d.item() == 0:
+        raise b.fail("delta is 0")
     count = max(int(math.ceil((l.item() - s.item()) / d.item())), 0)
+    b.check_size([count], torch.float64, "the range")
     wide = torch.float64 if s.dtype.is_floating_point else torch.int64
     out = s.reshape(()).to(wide) + torch.arange(count, dtype=wide) * d.reshape(()).to(wide)
     return out.to(s.dtype)
@@ -449,6 +452,7 @@ def lower_eye_like(b, x):
     n, m = shape_of(x)
     k = b.attr("k", 0)
     dt = torch_dtype_of(b.attr("dtype"), "EyeLike dtype") if b.attr("dtype") is not None else dtype_of(x)
+    b.check_size([n, m], dt, "the identity matrix")
     out = torch.zeros((n, m), dtype=dt)
     for i in range(n):
         if 0 <= i + k < m:
@@ -760,6 +764,7 @@ def lower_pad(b, x, pads=None, value=None, axes=None):
             float(fill) if dtype_of(x).is_floating_point else int(fill))
         if isinstance(fill, float) and not math.isfinite(fill):
             # no inf/nan literals in emitted code: pad with 0, then select the fill from a constant
+            b.check_size(shape_of(x), torch.bool, "the padding mask")
             mask = torch.nn.functional.pad(torch.zeros(shape_of(x), dtype=torch.bool), torch_pads, value=True)
             y = b.call("aten.constant_pad_nd.default", x, torch_pads, 0.0)
             return b.call("aten.where.self", mask, torch.tensor(fill, dtype=dtype_of(x)), y)

@@ -135,9 +135,7 @@ def from_exported(program: ExportedProgram, name: str = "main") -> Graph:
             outputs = []
             for spec, arg in zip(sig.output_specs, node.args[0]):
                 if spec.kind != OutputKind.USER_OUTPUT:
-                    raise UnsupportedOpError(
-                        f"the model mutates {spec.target!r} ({spec.kind.name}) during forward; "
-                        "memplan plans pure inference graphs (call model.eval())", node=node.name)
+                    raise _effect_error(spec, arg)
                 value = env[arg.name] if isinstance(arg, torch.fx.Node) else None
                 if not isinstance(value, Value):
                     raise UnsupportedOpError(f"output {arg} is not a tensor", node=node.name)
@@ -147,6 +145,34 @@ def from_exported(program: ExportedProgram, name: str = "main") -> Graph:
             raise UnsupportedOpError(f"fx node {node.name} has op {node.op!r}; expected a flat, "
                                      "exported graph", node=node.name)
     return graph
+
+
+def _where(node) -> str:
+    """Where in the user's code ``node`` comes from: the last frame of its stack trace, one line."""
+    trace = node.meta.get("stack_trace") if isinstance(node, torch.fx.Node) else None
+    frames = [line.strip() for line in (trace or "").splitlines() if line.strip().startswith("File ")]
+    text = frames[-1] if frames else _module_path(node) if isinstance(node, torch.fx.Node) else ""
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return f" ({text[:200]})" if text else ""
+
+
+def _effect_error(spec, arg) -> UnsupportedOpError:
+    """The error for an exported output that is not a plain result: a mutation, a gradient, a token."""
+    name = arg.name if isinstance(arg, torch.fx.Node) else str(arg)
+    target, where = spec.target, _where(arg)
+    if spec.kind == OutputKind.USER_INPUT_MUTATION:
+        message = (f"the model mutates its input %{target} in place{where}; memplan plans functional graphs, "
+                   f"which never write to the caller's tensors: copy the input first ({target} = {target}.clone()) "
+                   "or use the out-of-place op")
+    elif spec.kind in (OutputKind.BUFFER_MUTATION, getattr(OutputKind, "PARAMETER_MUTATION", None)):
+        what = "buffer" if spec.kind == OutputKind.BUFFER_MUTATION else "parameter"
+        message = (f"the model updates its {what} {target!r} in place during forward{where}, even in eval mode; "
+                   f"memplan plans functional graphs: keep that state outside the model, or return the new "
+                   "value as an output")
+    else:
+        message = (f"the exported model has a {spec.kind.name} output ({target or name}){where}; memplan plans "
+                   "inference graphs whose outputs are plain tensors")
+    return UnsupportedOpError(message, node=name)
 
 
 # Runtime checks export inserts; they compute nothing, so they are dropped.

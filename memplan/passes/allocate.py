@@ -14,6 +14,7 @@ and that is what the memory budget bounds and what the emitted code allocates.
 from __future__ import annotations
 
 from memplan.errors import BudgetInfeasibleError
+from memplan.passes.capacity import check_capacity
 from memplan.passes.liveness import Liveness, liveness, storage_roots
 from memplan.passes.scratch import step_scratch
 from memplan.passes.manager import register_pass
@@ -48,7 +49,8 @@ def allocate(graph, plan, ctx):
     """Fill ``plan.allocation`` (tier -> value -> offset) and the arena statistics; enforce the budget."""
     temps = plan.stats.get("scratch_bytes")
     if temps is None:
-        temps = step_scratch(graph, ctx.options)
+        check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
+        temps = step_scratch(graph, ctx.options, ctx.log)
     if ctx.options.get("joint", True):
         plan.schedule = joint_order(graph, plan, temps)
     live = liveness(graph, plan.schedule, temps=temps)
@@ -86,9 +88,10 @@ def allocate(graph, plan, ctx):
     tier_room = ctx.target.main_tier.capacity - live.resident_bytes
     if planned > tier_room:
         raise budget_error(graph, plan, live, max(tier_room, 0), planned,
-                           f"target {ctx.target.name!r}: tier {tier!r} holds "
-                           f"{format_bytes(ctx.target.main_tier.capacity)}, of which inputs and weights take "
-                           f"{format_bytes(live.resident_bytes)}")
+                           limit=f"target {ctx.target.name!r}: tier {tier!r} holds "
+                                 f"{format_bytes(ctx.target.main_tier.capacity)}, of which inputs and weights "
+                                 f"take {format_bytes(live.resident_bytes)}, leaving "
+                                 f"{format_bytes(max(tier_room, 0))} for activations")
     return plan
 
 
@@ -130,13 +133,15 @@ def joint_order(graph, plan, temps) -> list[str]:
     return candidates[best]
 
 
-def budget_error(graph, plan, live: Liveness, budget: int, best: int, what: str = "") -> BudgetInfeasibleError:
-    """The error a user gets when no plan fits: best peak, lower bound, what is live at the peak."""
+def budget_error(graph, plan, live: Liveness, budget: int, best: int, *,
+                 limit: str = "") -> BudgetInfeasibleError:
+    """The error a user gets when no plan fits: the limit, best peak, lower bound, what is live at
+    the peak. ``limit`` names a limit other than the memory budget (``budget`` is then its bytes)."""
     bound = plan.stats.get("lower_bound_bytes", 0)
     top = live.top_buffers(5)
     listing = ", ".join(f"%{r.value} {format_bytes(r.nbytes)} ({r.source or 'graph'})" for r in top)
     return BudgetInfeasibleError(
-        f"no plan fits the memory budget of {format_bytes(budget)}{' (' + what + ')' if what else ''}: "
+        f"no plan fits {limit or 'the memory budget of ' + format_bytes(budget)}: "
         f"the smallest peak memplan found is "
         f"{format_bytes(best)} (lower bound {format_bytes(bound)}); at its peak step {live.peak_step} "
         f"(node {live.schedule[live.peak_step]}) the largest live buffers are: {listing}",

@@ -17,6 +17,7 @@ from typing import Callable
 from memplan.errors import MemplanError
 from memplan.ir.graph import Graph
 from memplan.ir.printer import print_graph
+from memplan.outputs import check_output_dir, write_files
 from memplan.plan import Plan
 from memplan.target import HardwareSpec
 
@@ -62,9 +63,10 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = No
     """Run ``pipeline`` (pass names) on ``graph``; return the final graph and plan.
 
     ``dump_after`` is ``"all"`` or pass names: after each such pass the IR (and
-    the plan, for plan passes) is written to ``dump_dir`` as
-    ``NN-<pass>.mir`` / ``NN-<pass>.plan.json`` with a header naming the pass.
-    Pass wall times land in ``plan.stats["pass_seconds"]``.
+    the plan, for plan passes) is rendered as ``NN-<pass>.mir`` /
+    ``NN-<pass>.plan.json`` with a header naming the pass; the files are written
+    to ``dump_dir`` once the whole pipeline has succeeded (a failed run writes
+    nothing). Pass wall times land in ``plan.stats["pass_seconds"]``.
     """
     from memplan.ir.verify import verify
     import memplan.passes  # noqa: F401  (registers the built-in passes)
@@ -76,6 +78,9 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = No
     dumps = _dump_set(dump_after, names)
     if dumps and dump_dir is None:
         raise MemplanError("dumping IR after passes needs a directory (dump_dir / -o)")
+    if dumps:
+        check_output_dir(Path(dump_dir), "dump directory")
+    rendered: dict[str, str] = {}  # file name -> text, written when every pass has run
     plan = Plan(graph=graph.name, target=ctx.target.name)
     seconds: dict[str, float] = {}
     for index, name in enumerate(names):
@@ -91,7 +96,9 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = No
         if verify_each and p.kind == "graph":
             verify(graph)
         if name in dumps:
-            _dump(Path(dump_dir), index, p, graph, plan, seconds[name])
+            rendered.update(_render_dump(index, p, graph, plan, seconds[name]))
+    if rendered:
+        write_files(Path(dump_dir), rendered)
     return graph, plan
 
 
@@ -107,10 +114,11 @@ def _dump_set(dump_after, names) -> set[str]:
     return set(wanted)
 
 
-def _dump(directory: Path, index: int, p: Pass, graph: Graph, plan: Plan, sec: float) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"{index:02d}-{p.name}"
+def _render_dump(index: int, p: Pass, graph: Graph, plan: Plan, sec: float) -> dict[str, str]:
+    """The dump files of one pass: ``{file name: text}``."""
+    stem = f"{index:02d}-{p.name}"
     header = f"# memplan IR after pass '{p.name}' ({p.kind} pass, {sec * 1000:.1f} ms)\n"
-    stem.with_suffix(".mir").write_text(header + print_graph(graph) + "\n")
+    files = {f"{stem}.mir": header + print_graph(graph) + "\n"}
     if p.kind == "plan":
-        stem.with_suffix(".plan.json").write_text(plan.to_json())
+        files[f"{stem}.plan.json"] = plan.to_json()
+    return files

@@ -7,11 +7,14 @@ result as scratch), which :func:`~memplan.solvers.scheduling.solve_schedule`
 solves: a portfolio of heuristics, then exact CP-SAT on the segments of a
 decomposition at cut points, each distinct segment solved once. The plan
 records the order, its peak, the baselines and the solver's status and gap.
+Before it measures any scratch, :func:`~memplan.passes.capacity.check_capacity`
+refuses a graph that no order could fit in the target's tier or the budget.
 """
 from __future__ import annotations
 
 from memplan.ir.graph import Graph
 from memplan.ir.types import eval_bytes
+from memplan.passes.capacity import check_capacity
 from memplan.passes.liveness import liveness, storage_roots
 from memplan.passes.scratch import step_scratch
 from memplan.passes.manager import register_pass
@@ -45,7 +48,8 @@ def schedule_problem(graph: Graph, temps: dict[str, int] | None = None) -> Sched
 @register_pass("schedule", kind="plan")
 def schedule(graph, plan, ctx):
     """Choose the order (``plan.schedule``) and record its liveness and solver statistics."""
-    temps = step_scratch(graph, ctx.options)
+    check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
+    temps = step_scratch(graph, ctx.options, ctx.log)
     problem = schedule_problem(graph, temps)
     result = solve_schedule(problem, time_limit=float(ctx.options.get("schedule_time_limit", 5.0)),
                             method=ctx.options.get("schedule_method", "auto"))
