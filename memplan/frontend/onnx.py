@@ -772,13 +772,34 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
             raise UnsupportedOpError(f"graph output {vi.name!r} is an empty optional")
         if is_const(v):
             v = importer.materialize(v, vi.name)
-        if any(v is o for o in outputs):
-            # listed twice: onnxruntime returns two arrays, so the second is a copy of its own
-            v = graph.add_node("aten.clone.default", (v,), {}, [v.type], name=f"{v.name}_copy",
-                               source=vi.name, source_op="onnx::graph_output")[0]
         outputs.append(v)
-    graph.outputs = outputs
+    graph.outputs = _fresh_outputs(graph, outputs)
     return graph
+
+
+def _fresh_outputs(graph: Graph, outputs: list[Value]) -> list[Value]:
+    """ONNX has value semantics: onnxruntime returns every output as an array of its own. An
+    output whose storage is a graph input or an initializer (``Identity``, a ``Reshape`` of it),
+    or is another output's (one name listed twice, an output and a reshape of it), becomes a copy."""
+    root: dict[str, str] = {}
+    for v in graph.inputs + graph.params:
+        root[v.name] = v.name
+    for node in graph.nodes:
+        view = lookup(node.op, node=node.name).view and node.inputs
+        for v in node.outputs:
+            root[v.name] = root[node.inputs[0].name] if view else v.name
+    resident = {v.name for v in graph.inputs + graph.params}
+    taken: set[str] = set()
+    fresh = []
+    for v in outputs:
+        r = root[v.name]
+        if r in resident or r in taken:
+            v = graph.add_node("aten.clone.default", (v,), {"memory_format": torch.contiguous_format}, [v.type],
+                               name=f"{v.name}_copy", source=v.name, source_op="onnx::graph_output")[0]
+            r = v.name
+        taken.add(r)
+        fresh.append(v)
+    return fresh
 
 
 def _identifier(text: str) -> str:
