@@ -69,17 +69,21 @@ def test_model_case(case):
     _check(case)
 
 
-# Light models whose constant weights make every logit equal in exact arithmetic, at about 1e12:
-# the stored softmax is uniform only because the reference rounds every logit alike, and any
-# other summation order (oneDNN's blocking, another CPU's vector width) gives a different,
-# equally right, softmax. These are checked on the logits instead, against onnxruntime.
-ILL_CONDITIONED_SOFTMAX = {"test_bvlc_alexnet"}
+# The light models' constant weights make the logits equal in exact arithmetic, at up to 1e12:
+# their stored softmax is uniform only because the reference (onnxruntime's MLAS) rounds every
+# logit alike, and any other summation order (oneDNN's blocking, another CPU's vector width) gives
+# a different, equally right, softmax (measured: 1e12-sized logits differing in the 12th digit).
+# Models ending in Softmax are therefore checked on the logits, against onnxruntime, relative to
+# their scale; Softmax itself is covered by the node cases.
+def _ends_in_softmax(case) -> bool:
+    last = case.model.graph.node[-1]
+    return last.op_type == "Softmax" and last.output[0] == case.model.graph.output[0].name
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", REAL_CLAIMED, ids=lambda c: c.name)
 def test_real_model(case):
-    if case.name in ILL_CONDITIONED_SOFTMAX:
+    if _ends_in_softmax(case):
         _check_logits(case)
     else:
         _check(case)
@@ -97,7 +101,6 @@ def _check_logits(case):
     model.CopyFrom(case.model)
     (inputs, _expected), = case.data_sets
     last = model.graph.node[-1]
-    assert last.op_type == "Softmax" and last.output[0] == model.graph.output[0].name
     logits = last.input[0]
     del model.graph.node[-1]
     del model.graph.output[:]
