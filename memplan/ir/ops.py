@@ -324,7 +324,11 @@ def infer_types(node: Node) -> list[TensorType]:
         return opdef.infer(node)
     args = map_values(node.args, to_meta)
     kwargs = map_values(node.kwargs, to_meta)
-    if "device" in kwargs:
+    schema = getattr(opdef.impl, "_schema", None)
+    takes_device = schema is not None and any(a.name == "device" and a.kwarg_only for a in schema.arguments)
+    if "device" in kwargs or takes_device:
+        # a factory op (aten.full, aten.arange) would otherwise allocate its claimed size for real:
+        # torch.ops calls do not follow the default-device context
         kwargs["device"] = torch.device("meta")
     with torch.device("meta"):
         result = opdef.impl(*args, **kwargs)
