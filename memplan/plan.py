@@ -10,9 +10,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from memplan.errors import PlanFormatError
 from memplan.units import format_bytes
 
 PLAN_FORMAT = "memplan.plan/1"
+MAX_PLAN_FILE_BYTES = 256 * 2**20
+MAX_BYTES = 2**62            # offsets and byte counts are below this
 
 
 @dataclass
@@ -37,16 +40,43 @@ class Plan:
         Path(path).write_text(self.to_json())
 
     @staticmethod
-    def from_dict(data: dict) -> "Plan":
-        data = dict(data)
-        fmt = data.pop("format", PLAN_FORMAT)
-        if fmt != PLAN_FORMAT:
-            raise ValueError(f"plan format {fmt!r} is not {PLAN_FORMAT!r}")
-        return Plan(**data)
+    def from_dict(data: dict, where: str = "plan") -> "Plan":
+        """A plan from plain data (a parsed ``.plan.json``), checked field by field.
+
+        Raises :class:`~memplan.errors.PlanFormatError` naming ``where`` and the
+        field at fault for anything that is not a well-formed plan: unknown or
+        missing fields, wrong types, offsets or byte counts that are negative
+        or >= 2**62, an allocation without ``stats.arena_bytes``.
+        """
+        return Plan(**_checked_fields(data, where))
 
     @staticmethod
     def load(path: str | Path) -> "Plan":
-        return Plan.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``.plan.json`` file (bounded size, UTF-8 JSON, then :meth:`from_dict`)."""
+        path = Path(path)
+        where = str(path) if len(str(path)) <= 200 else "..." + str(path)[-200:]
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_PLAN_FILE_BYTES + 1)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise PlanFormatError(f"{where}: cannot read the plan file ({reason})") from None
+        if len(raw) > MAX_PLAN_FILE_BYTES:
+            raise PlanFormatError(f"{where}: plan file larger than the limit of {MAX_PLAN_FILE_BYTES} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PlanFormatError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanFormatError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                                  f"column {exc.colno})") from None
+        except RecursionError:
+            raise PlanFormatError(f"{where}: not a plan: JSON nested too deeply") from None
+        except ValueError as exc:   # e.g. an integer literal above Python's digit limit
+            raise PlanFormatError(f"{where}: not valid JSON ({_cut(str(exc))})") from None
+        return Plan.from_dict(data, where)
 
     # ---- reading ------------------------------------------------------------
     def summary(self) -> str:
@@ -102,3 +132,178 @@ def _saved(before: int, after: int | None) -> str:
     if after is None or before <= 0 or after >= before:
         return ""
     return f"; memory reduced from {format_bytes(before)} to {format_bytes(after)} (-{100 * (1 - after / before):.1f}%)"
+
+
+# ---- loading: the schema of a plan file ------------------------------------------------------------
+
+class _Bad(Exception):
+    """A field that breaks the schema: ``path`` (``stats.solves[2].gap``) and what is wrong."""
+
+    def __init__(self, path: str, what: str):
+        super().__init__(f"field {path!r} {what}")
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _brief(value) -> str:
+    """A value from a plan file for an error message: its type and, when short, itself."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return f"the float {value!r}"
+    if isinstance(value, str):
+        return f"the string {_cut(value)!r}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} fields"
+    return f"a {type(value).__name__}"
+
+
+def _str(value, path):
+    if not isinstance(value, str):
+        raise _Bad(path, f"must be a string, got {_brief(value)}")
+    return value
+
+
+def _int(value, path):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(path, f"must be an integer, got {_brief(value)}")
+    if not -MAX_BYTES < value < MAX_BYTES:
+        raise _Bad(path, f"is out of range ({_brief(value)}; the limit is 2**62)")
+    return value
+
+
+def _bytes(value, path):
+    """A byte count or offset: an int in [0, 2**62)."""
+    _int(value, path)
+    if value < 0:
+        raise _Bad(path, f"must not be negative, got {value}")
+    return value
+
+
+def _number(value, path):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(path, f"must be a number, got {_brief(value)}")
+    if isinstance(value, int):
+        _int(value, path)
+    return value
+
+
+def _optional_bytes(value, path):
+    return None if value is None else _bytes(value, path)
+
+
+def _list_of(item):
+    def check(value, path):
+        if not isinstance(value, list):
+            raise _Bad(path, f"must be a list, got {_brief(value)}")
+        for k, v in enumerate(value):
+            item(v, f"{path}[{k}]")
+        return value
+    return check
+
+
+def _dict_of(item):
+    """An object whose keys are strings and whose values pass ``item``."""
+    def check(value, path):
+        if not isinstance(value, dict):
+            raise _Bad(path, f"must be an object, got {_brief(value)}")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _Bad(path, f"must have string keys, got {_brief(k)}")
+            item(v, f"{path}.{_cut(k, 40)}")
+        return value
+    return check
+
+
+def _record(required: dict, optional: dict | None = None):
+    """An object with these fields (others allowed: passes add their own figures)."""
+    def check(value, path):
+        if not isinstance(value, dict):
+            raise _Bad(path, f"must be an object, got {_brief(value)}")
+        for name, item in required.items():
+            if name not in value:
+                raise _Bad(path, f"lacks its field {name!r}")
+            item(value[name], f"{path}.{name}")
+        for name, item in (optional or {}).items():
+            if name in value:
+                item(value[name], f"{path}.{name}")
+        return value
+    return check
+
+
+def _anything(value, path):
+    return value
+
+
+def _buffer_triple(value, path):
+    _list_of(_int)(value, path)
+    if len(value) != 3:
+        raise _Bad(path, f"must be [start, end, bytes], got a list of {len(value)} items")
+    _bytes(value[2], f"{path}[2]")
+    return value
+
+
+# What the summary, the report, the checker and the backends read from ``stats``; other fields
+# (a pass's own figures) are kept as they are.
+STATS_FIELDS = {
+    "peak_bytes": _bytes, "peak_step": _int, "peak_node": _str, "resident_bytes": _bytes,
+    "live_at_peak": _list_of(_record({"value": _str, "bytes": _bytes, "start": _int, "end": _int},
+                                     {"source": _str})),
+    "topological_peak_bytes": _bytes, "heuristic_peak_bytes": _bytes, "lower_bound_bytes": _bytes,
+    "live_profile": _list_of(_bytes), "topological_live_profile": _list_of(_bytes),
+    "heuristic_peaks": _dict_of(_bytes), "scratch_bytes": _dict_of(_bytes),
+    "solves": _list_of(_record({"pass": _str, "method": _str, "status": _str, "objective": _number,
+                                "bound": _number, "gap": _number, "wall_s": _number})),
+    "arena_bytes": _bytes, "arena_lower_bound_bytes": _bytes, "outside_arena_bytes": _bytes,
+    "planned_peak_bytes": _bytes, "memory_budget": _optional_bytes,
+    "buffers": _dict_of(_buffer_triple), "pass_seconds": _dict_of(_number), "joint": _dict_of(_anything),
+}
+
+PLAN_FIELDS = {
+    "graph": _str, "target": _str,
+    "schedule": _list_of(_str),
+    "fusion": _dict_of(_list_of(_str)),
+    "tiling": _dict_of(_dict_of(_anything)),
+    "placement": _dict_of(_str),
+    "allocation": _dict_of(_dict_of(_bytes)),
+    "stats": _record({}, STATS_FIELDS),
+}
+
+
+def _checked_fields(data, where: str) -> dict:
+    """The fields of a plan (``format`` removed), each checked against :data:`PLAN_FIELDS`."""
+    if not isinstance(data, dict):
+        raise PlanFormatError(f"{where}: a plan must be a JSON object, got {_brief(data)}")
+    fields = dict(data)
+    fmt = fields.pop("format", PLAN_FORMAT)
+    if fmt != PLAN_FORMAT:
+        shown = repr(_cut(fmt)) if isinstance(fmt, str) else _brief(fmt)
+        raise PlanFormatError(f"{where}: plan format {shown} is not {PLAN_FORMAT!r}")
+    unknown = [k for k in fields if k not in PLAN_FIELDS]
+    if unknown:
+        raise PlanFormatError(f"{where}: unknown field {_cut(str(unknown[0]))!r}; a plan has "
+                              f"format, {', '.join(PLAN_FIELDS)}")
+    for name in ("graph", "target"):
+        if name not in fields:
+            raise PlanFormatError(f"{where}: missing field {name!r}")
+    try:
+        for name, value in fields.items():
+            PLAN_FIELDS[name](value, name)
+    except _Bad as bad:
+        raise PlanFormatError(f"{where}: {bad}") from None
+    stats = fields.get("stats", {})
+    if fields.get("allocation") and "arena_bytes" not in stats:
+        raise PlanFormatError(f"{where}: the plan allocates buffers but field 'stats.arena_bytes' (the arena's "
+                              "size) is missing")
+    if "planned_peak_bytes" in stats:
+        for name in ("arena_bytes", "outside_arena_bytes"):
+            if name not in stats:
+                raise PlanFormatError(f"{where}: field 'stats.planned_peak_bytes' is given without "
+                                      f"'stats.{name}'")
+    return fields

@@ -8,16 +8,21 @@ Prints the height reached, the interval lower bound, the gap, the method
 that won and the solve time. With ``--capacity``, a packing that does not fit
 by the time limit is an error (exit status 1) that gives the best height
 found and whether the capacity is proven impossible; no file is written.
+Arguments and ``-o`` are checked before anything is solved; every error is
+one line.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from memplan.errors import MemplanError
+from memplan.errors import MemplanError, OutputPathError
 from memplan.solvers.alloc_csv import read_buffers_csv, write_offsets_csv
 from memplan.solvers.allocation import METHODS, solve_allocation, validate
 from memplan.units import format_bytes, parse_bytes
+
+MAX_ALIGNMENT = 2**30
 
 
 class AllocationCapacityError(MemplanError):
@@ -43,14 +48,19 @@ def add_alloc_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_alloc(args) -> int:
     """Run ``memplan alloc``; returns the exit status, raises MemplanError on failure."""
     path = Path(args.buffers)
-    buffers = read_buffers_csv(path)
     capacity = None if args.capacity is None else parse_bytes(args.capacity, what="--capacity")
-    if args.alignment < 1:
-        raise MemplanError(f"--alignment must be >= 1, got {args.alignment}")
-    if args.time_limit <= 0:
-        raise MemplanError(f"--time-limit must be positive, got {args.time_limit:g}")
-    result = solve_allocation(buffers, capacity=capacity, time_limit=args.time_limit,
-                              alignment=args.alignment, method=args.method)
+    if not 1 <= args.alignment <= MAX_ALIGNMENT:
+        raise MemplanError(f"--alignment must be in 1..{MAX_ALIGNMENT}, got {args.alignment}")
+    if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise MemplanError(f"--time-limit must be a finite positive number of seconds, got {args.time_limit:g}")
+    if args.output:
+        _check_output(Path(args.output))
+    buffers = read_buffers_csv(path)
+    try:
+        result = solve_allocation(buffers, capacity=capacity, time_limit=args.time_limit,
+                                  alignment=args.alignment, method=args.method)
+    except ValueError as exc:       # a buffer set the solver cannot take (e.g. a duplicate id)
+        raise MemplanError(f"{path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     validate(buffers, result.offsets, alignment=args.alignment)   # a bug if this ever fails
     _print_result(path, len(buffers), result)
     if not result.fits:
@@ -61,9 +71,23 @@ def cmd_alloc(args) -> int:
             f"({format_bytes(capacity)}) after {result.wall_s:.1f} s; best height {result.height} "
             f"({format_bytes(result.height)}), lower bound {result.lower_bound}; {proof}")
     if args.output:
-        write_offsets_csv(args.output, buffers, result.offsets)
+        try:
+            write_offsets_csv(args.output, buffers, result.offsets)
+        except OSError as exc:
+            raise OutputPathError(f"-o {args.output}: cannot write ({exc.strerror or type(exc).__name__})") from None
         print(f"wrote {args.output}")
     return 0
+
+
+def _check_output(out: Path) -> None:
+    """``-o`` must name a file that can be created: fail now, not after the solve."""
+    if out.is_dir():
+        raise OutputPathError(f"-o {out}: is a folder; give the path of the CSV file to write")
+    if out.exists() and not out.is_file():
+        raise OutputPathError(f"-o {out}: exists and is not a regular file")
+    parent = out.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"-o {out}: folder {parent} does not exist")
 
 
 def _print_result(path: Path, count: int, result) -> None:

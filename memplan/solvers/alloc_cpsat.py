@@ -25,6 +25,10 @@ class CpSatOutcome:
     height: int | None
     bound: int
     wall_s: float
+    note: str = ""           # why CP-SAT could not run (one line), when it could not
+
+
+MAX_DOMAIN = 2**62           # CP-SAT's integers are int64; offsets and heights stay well inside
 
 
 def cpsat_packing(instance: PackingInstance, incumbent: list[int] | None, lower_bound: int,
@@ -33,14 +37,27 @@ def cpsat_packing(instance: PackingInstance, incumbent: list[int] | None, lower_
 
     ``incumbent`` (a packing, possibly above ``max_height``) is passed as a
     solution hint. ``infeasible`` means CP-SAT proved that no packing fits in
-    ``max_height``.
+    ``max_height``. Where CP-SAT cannot run (numbers beyond its int64
+    range, an error of its own), the status is ``unknown`` and ``note`` says
+    why in one line.
     """
+    if max_height < lower_bound:
+        return CpSatOutcome("infeasible", None, None, lower_bound, 0.0)
+    if max_height >= MAX_DOMAIN or max((abs(t) for t in instance.lowers + instance.uppers), default=0) >= MAX_DOMAIN:
+        return CpSatOutcome("unknown", None, None, lower_bound, 0.0, "heights or times beyond CP-SAT's int64 range")
+    try:
+        return _solve(instance, incumbent, lower_bound, max_height, time_limit, workers)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:   # ortools' messages span lines
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return CpSatOutcome("unknown", None, None, lower_bound, 0.0, f"CP-SAT failed: {first[:120]}")
+
+
+def _solve(instance: PackingInstance, incumbent: list[int] | None, lower_bound: int,
+           max_height: int, time_limit: float, workers: int) -> CpSatOutcome:
     from ortools.sat.python import cp_model
 
     n = len(instance)
     align = max(instance.alignment, 1)
-    if max_height < lower_bound:
-        return CpSatOutcome("infeasible", None, None, lower_bound, 0.0)
     model = cp_model.CpModel()
     height = model.new_int_var(lower_bound, max_height, "height")
     slots, time_boxes, address_boxes = [], [], []

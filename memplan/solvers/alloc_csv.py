@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TextIO
 
 from memplan.errors import MemplanError
-from memplan.solvers.allocation import Buffer
+from memplan.solvers.allocation import MAX_VALUE, Buffer
 
 COLUMNS = ("id", "lower", "upper", "size")
+MAX_ID_CHARS = 1024          # a buffer id
+MAX_NUMBER_CHARS = 24        # a lower/upper/size field (|value| < 2**62 has at most 19 digits)
 
 
 class BufferFileError(MemplanError):
@@ -27,31 +29,47 @@ def read_buffers_csv(path: str | Path) -> list[Buffer]:
     """Read buffers from a MiniMalloc CSV file (header ``id,lower,upper,size``, any column order).
 
     Extra columns (such as an ``offset`` from a previous run) are ignored.
-    Raises :class:`BufferFileError` naming the file, line and field at fault.
+    The file is UTF-8 text; lifetimes and sizes are integers below 2**62 in
+    magnitude. Raises :class:`BufferFileError` naming the file, line and
+    field at fault (quoting at most a few dozen characters of the file).
     """
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             return parse_buffers_csv(handle, str(path))
     except FileNotFoundError:
         raise BufferFileError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise BufferFileError(f"{path}: is a directory, not a CSV file") from None
     except UnicodeDecodeError as exc:
-        raise BufferFileError(f"{path}: not a text file ({exc.reason})") from None
+        raise BufferFileError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    except OSError as exc:
+        raise BufferFileError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    """``repr`` of file text for a message, cut to ``limit`` characters."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def parse_buffers_csv(handle: TextIO, name: str = "<csv>") -> list[Buffer]:
     """Parse buffers from an open CSV text stream; ``name`` is used in error messages."""
     reader = csv.reader(handle)
+    try:
+        return _parse_rows(reader, name)
+    except csv.Error as exc:
+        raise BufferFileError(f"{name}:{reader.line_num}: not valid CSV ({str(exc)[:80]})") from None
+
+
+def _parse_rows(reader, name: str) -> list[Buffer]:
     header = next(reader, None)
     if header is None:
         raise BufferFileError(f"{name}: empty file; expected a header line 'id,lower,upper,size'")
     header = [h.strip().lower() for h in header]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise BufferFileError(f"{name}:1: header {','.join(header)!r} lacks column(s) {', '.join(missing)} "
-                              f"(expected 'id,lower,upper,size')")
+        raise BufferFileError(f"{name}:1: header {_cut(','.join(header), 60)} lacks column(s) "
+                              f"{', '.join(missing)} (expected 'id,lower,upper,size')")
     where = {c: header.index(c) for c in COLUMNS}
     buffers: list[Buffer] = []
     first_line: dict[str, int] = {}
@@ -60,19 +78,29 @@ def parse_buffers_csv(handle: TextIO, name: str = "<csv>") -> list[Buffer]:
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) < len(header):
-            raise BufferFileError(f"{name}:{line}: {len(row)} field(s), expected {len(header)} ({','.join(header)})")
+            columns = ",".join(header)
+            columns = columns if len(columns) <= 60 else columns[:60] + "..."
+            raise BufferFileError(f"{name}:{line}: {len(row)} field(s), expected {len(header)} ({columns})")
         values: dict[str, int] = {}
         for column in ("lower", "upper", "size"):
             text = row[where[column]].strip()
             try:
+                if len(text) > MAX_NUMBER_CHARS:
+                    raise ValueError
                 values[column] = int(text)
             except ValueError:
-                raise BufferFileError(f"{name}:{line}: field {column!r} is {text!r}, not an integer") from None
+                raise BufferFileError(f"{name}:{line}: field {column!r} is {_cut(text)}, not an integer"
+                                      + (f" below 2**62" if text.lstrip("+-").isdigit() else "")) from None
+            if not -MAX_VALUE < values[column] < MAX_VALUE:
+                raise BufferFileError(f"{name}:{line}: field {column!r} ({values[column]}) is out of range: "
+                                      f"lifetimes and sizes must be below 2**62 ({MAX_VALUE}) in magnitude")
         buffer_id = row[where["id"]].strip()
         if not buffer_id:
             raise BufferFileError(f"{name}:{line}: field 'id' is empty")
+        if len(buffer_id) > MAX_ID_CHARS:
+            raise BufferFileError(f"{name}:{line}: id {_cut(buffer_id)} is longer than {MAX_ID_CHARS} characters")
         if buffer_id in first_line:
-            raise BufferFileError(f"{name}:{line}: id {buffer_id!r} already used on line {first_line[buffer_id]}")
+            raise BufferFileError(f"{name}:{line}: id {_cut(buffer_id)} already used on line {first_line[buffer_id]}")
         if values["upper"] <= values["lower"]:
             raise BufferFileError(f"{name}:{line}: field 'upper' ({values['upper']}) must be greater than "
                                   f"'lower' ({values['lower']}); lifetimes are [lower, upper)")

@@ -33,10 +33,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memplan.solvers.alloc_greedy import section_totals
-from memplan.solvers.alloc_instance import PackingInstance, align_up
+from memplan.solvers.alloc_instance import PackingInstance, align_up, section_spans
 from memplan.solvers.alloc_repair import RepairSearch
 
 FOUND, INFEASIBLE, NODE_LIMIT, TIMEOUT = "found", "infeasible", "node-limit", "timeout"
+
+
+class _Timeout(Exception):
+    """The deadline passed inside one search step; :meth:`_CanonicalSearch.run` turns it into TIMEOUT."""
 
 
 def preorders(instance: PackingInstance) -> dict[str, list[int]]:
@@ -54,6 +58,16 @@ def preorders(instance: PackingInstance) -> dict[str, list[int]]:
     names = (("length", "area", "total"), ("total", "area", "length"), ("total", "length", "area"))
     return {"/".join(name): sorted(range(n), key=lambda i: tuple(-keys[k][i] for k in name) + (i,))
             for name in names}
+
+
+SETUP_SECONDS_PER_BUFFER = 3e-5    # what one search's indexes cost to build (measured, rounded up)
+SETUP_SECONDS_PER_ENTRY = 2e-7     # ... per conflict-list entry and per (buffer, section) pair
+
+
+def setup_seconds(instance: PackingInstance) -> float:
+    """Estimated time to build one :class:`_CanonicalSearch` of ``instance`` (computed in O(n log n))."""
+    entries = 2 * instance.edges + section_spans(instance.lowers, instance.uppers)
+    return SETUP_SECONDS_PER_BUFFER * len(instance) + SETUP_SECONDS_PER_ENTRY * entries
 
 
 @dataclass
@@ -75,14 +89,16 @@ class _CanonicalSearch:
     def __init__(self, instance: PackingInstance, order: list[int]):
         self.order = order
         self.alignment = instance.alignment
-        rank = {buf: r for r, buf in enumerate(order)}
         n = len(order)
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.asarray(order, dtype=np.int64)] = np.arange(n, dtype=np.int64)
         self.size = np.array([instance.sizes[b] for b in order], dtype=np.int64)
         times = sorted(set(instance.lowers) | set(instance.uppers))
         section_of = {t: k for k, t in enumerate(times)}
         self.sections = [(section_of[instance.lowers[b]], section_of[instance.uppers[b]]) for b in order]
-        self.neighbours = [np.array(sorted(rank[j] for j in instance.neighbours[b]), dtype=np.int64)
-                           for b in order]
+        indptr, indices = instance.neighbour_csr
+        ranked = rank[indices]
+        self.neighbours = [np.sort(ranked[indptr[b]:indptr[b + 1]]) for b in order]
         self.section_bytes = np.zeros(max(len(times) - 1, 1), dtype=np.int64)
         for r, (s0, s1) in enumerate(self.sections):
             self.section_bytes[s0:s1] += self.size[r]
@@ -116,6 +132,8 @@ class _CanonicalSearch:
         sys.setrecursionlimit(max(old_limit, 2 * len(self.order) + 1000))   # two frames per level
         try:
             status = self._search(0, 0)
+        except _Timeout:
+            status = TIMEOUT
         finally:
             sys.setrecursionlimit(old_limit)
         if status != FOUND:
@@ -151,7 +169,9 @@ class _CanonicalSearch:
         """
         slack = self.capacity - self.unplaced_bytes   # highest offset each section tolerates
         passing, outside_bad = [], {}
-        for r, o in zip(ranks, offsets):
+        for k, (r, o) in enumerate(zip(ranks, offsets)):
+            if k % 32 == 31 and time.monotonic() > self.deadline:
+                raise _Timeout
             if o not in outside_bad:
                 bad = np.flatnonzero((slack < o) & (self.floor < o))
                 outside_bad[o] = (int(bad[0]), int(bad[-1])) if len(bad) else None
@@ -191,7 +211,7 @@ class _CanonicalSearch:
         self.nodes += 1
         if self.nodes > self.node_limit:
             return NODE_LIMIT
-        if self.nodes % 64 == 0 and time.monotonic() > self.deadline:
+        if time.monotonic() > self.deadline:
             return TIMEOUT
         candidates = self._candidates(last_offset, last_rank)
         if candidates is None:
@@ -276,7 +296,10 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
     """
     outcome = MinimizeOutcome(list(incumbent), instance.height(incumbent), lower_bound, False)
     start = time.monotonic()
-    descent = _Descent(instance, outcome, stop_at, fixed_capacity, seed)
+    if not instance.build_conflicts(deadline):
+        outcome.log.append(f"no time to list the conflicts of {len(instance)} buffers: search skipped")
+        return outcome
+    descent = _Descent(instance, outcome, stop_at, fixed_capacity, seed, deadline)
     descent.run(start + SEARCH_FIRST * (deadline - start))
     repair = RepairSearch(instance, seed)
     turn, repair_won = REPAIR_PROBE * (deadline - start), False
@@ -314,12 +337,17 @@ class _Descent:
     """
 
     def __init__(self, instance: PackingInstance, outcome: MinimizeOutcome, stop_at: int,
-                 fixed_capacity: bool, seed: int):
+                 fixed_capacity: bool, seed: int, deadline: float = float("inf")):
         self.instance = instance
         self.outcome = outcome
         self.stop_at = stop_at
         self.fixed_capacity = fixed_capacity
-        self.searches = {name: _CanonicalSearch(instance, order) for name, order in preorders(instance).items()}
+        self.setup = setup_seconds(instance)
+        self.searches = {}
+        for name, order in preorders(instance).items():   # each costs O(n + conflicts): stop at the deadline
+            if time.monotonic() + self.setup > deadline:
+                break
+            self.searches[name] = _CanonicalSearch(instance, order)
         self.rng = random.Random(seed)
         self.total = section_totals(instance)
         n = len(instance)
@@ -328,9 +356,10 @@ class _Descent:
         self.dives = list(self.searches.items())
 
     def finished(self) -> bool:
-        """Whether the bounds meet (or, with a fixed capacity, it is met or proven out of reach)."""
+        """Whether the bounds meet (or, with a fixed capacity, it is met or proven out of reach);
+        also when the deadline left no time to set up a single search."""
         outcome = self.outcome
-        return (outcome.height <= max(outcome.proven_lower, self.stop_at)
+        return (not self.searches or outcome.height <= max(outcome.proven_lower, self.stop_at)
                 or (self.fixed_capacity and outcome.proven_lower > self.stop_at))
 
     def run(self, deadline: float) -> None:
@@ -356,9 +385,10 @@ class _Descent:
             self.exact_limit *= 2
             if self.fixed_capacity:
                 continue
-            # diversify the descent with one randomly perturbed preorder per round
+            # diversify the descent with one randomly perturbed preorder per round (if there is time to build it)
             noisy = sorted(range(n), key=lambda i: (-self.total[i] * self.rng.uniform(0.7, 1.3), i))
-            extra = {"random": _CanonicalSearch(self.instance, noisy)}
+            extra = ({"random": _CanonicalSearch(self.instance, noisy)}
+                     if time.monotonic() + self.setup < deadline else {})
             for _ in range(6):
                 if done():
                     break

@@ -8,7 +8,8 @@ be below the *interval lower bound*: the most bytes live at one time.
 
 :func:`solve_allocation` runs, within one time limit:
 
-1. a portfolio of greedy heuristics (orders x best/first fit), keeping the
+1. a portfolio of greedy heuristics (orders x best/first fit, and a
+   time-ordered best-fit sweep that needs no conflict lists), keeping the
    lowest packing (:mod:`memplan.solvers.alloc_greedy`);
 2. if that packing is above the bound, an exact search per independent
    component of the conflict graph, warm-started from it: a MiniMalloc-style
@@ -16,6 +17,14 @@ be below the *interval lower bound*: the most bytes live at one time.
    the default), which hands part of the time to a TelaMalloc-style repair
    search (:mod:`memplan.solvers.alloc_repair`) where that packs lower, or
    a CP-SAT model (:mod:`memplan.solvers.alloc_cpsat`).
+
+Every stage honours the time limit and keeps memory near-linear in the
+number of buffers: the bound, the components, the validation and the sweep
+are ``O(n log n)``; conflict lists (up to ``n**2 / 2`` pairs when every
+buffer is live at once) are built only below
+:data:`~memplan.solvers.alloc_instance.MAX_CONFLICT_EDGES`, and the exact
+phase skips, with a log line, a component too large for it (see
+:func:`exact_cost`).
 
 It knows nothing of graphs, torch or ONNX: plain buffers in, offsets out.
 
@@ -27,16 +36,22 @@ It knows nothing of graphs, torch or ONNX: plain buffers in, offsets out.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from memplan.solvers.alloc_cpsat import cpsat_packing
 from memplan.solvers.alloc_greedy import greedy_portfolio
-from memplan.solvers.alloc_instance import PackingInstance, components
-from memplan.solvers.alloc_search import minimize_height
+from memplan.solvers.alloc_instance import (MAX_CONFLICT_EDGES, PackingInstance, SortedKeys, components,
+                                             section_spans)
+from memplan.solvers.alloc_search import minimize_height, setup_seconds
 
 METHODS = ("auto", "greedy", "search", "cpsat")
+MAX_VALUE = 2**62                # |lower|, |upper| and size of a buffer are below this
+MAX_EXACT_BUFFERS = 10_000       # larger components keep their heuristic packing
+MAX_CPSAT_BUFFERS = 2_000
+MAX_SECTION_SPANS = 4_000_000    # (buffer, section) pairs the exact search indexes
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,9 @@ class Buffer:
         for name in ("lower", "upper", "size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"buffer {self.id!r}: {name} must be an int, got {value!r}")
+                raise ValueError(f"buffer {self.id!r}: {name} must be an int, got {value!r:.40}")
+            if not -MAX_VALUE < value < MAX_VALUE:
+                raise ValueError(f"buffer {self.id!r}: {name} is out of range (|{name}| must be below 2**62)")
         if self.upper <= self.lower:
             raise ValueError(f"buffer {self.id!r}: empty lifetime [{self.lower}, {self.upper}) (need upper > lower)")
         if self.size < 0:
@@ -136,17 +153,36 @@ def validate(buffers: Sequence[Buffer], offsets: Mapping[str, int] | Sequence[in
             raise ValueError(f"buffer {b.id!r}: offset {o} is not a multiple of the alignment {alignment}")
         if capacity is not None and o + b.size > capacity:
             raise ValueError(f"buffer {b.id!r} [{o}, {o + b.size}) ends above the capacity {capacity}")
-    live: list[Buffer] = []
-    for b in sorted((b for b in buffers if b.size > 0), key=lambda b: b.lower):
-        live = [a for a in live if a.upper > b.lower]
-        o = offsets[b.id]
-        for a in live:
-            p = offsets[a.id]
-            if p < o + b.size and o < p + a.size:
-                raise ValueError(
-                    f"buffers {a.id!r} (bytes [{p}, {p + a.size}), live [{a.lower}, {a.upper})) and "
-                    f"{b.id!r} (bytes [{o}, {o + b.size}), live [{b.lower}, {b.upper})) overlap")
-        live.append(b)
+    # sweep over time: the buffers live at once are disjoint, so their offsets are distinct; kept
+    # sorted, a new buffer only has to clear its two neighbours there (O(n log n), no pairwise scan)
+    placed = [(b.lower, b.upper, b.size, offsets[b.id]) for b in buffers]
+    events = [(lo, 1, k) for k, (lo, _, size, _) in enumerate(placed) if size > 0]
+    events += [(hi, 0, k) for k, (_, hi, size, _) in enumerate(placed) if size > 0]
+    events.sort()
+    live = SortedKeys()                       # offsets of the buffers live now
+    live_at: dict[int, int] = {}              # offset -> index of the live buffer there
+    for _, is_start, k in events:
+        o = placed[k][3]
+        if not is_start:
+            live.remove(o)
+            del live_at[o]
+            continue
+        if o in live_at:
+            clash = live_at[o]
+        else:
+            clash, below, above = None, live.last_below(o), live.first_at_least(o)
+            if below is not None and below + placed[live_at[below]][2] > o:
+                clash = live_at[below]
+            elif above is not None and above < o + placed[k][2]:
+                clash = live_at[above]
+        if clash is not None:
+            first, second = buffers[clash], buffers[k]      # the one live first, then the newcomer
+            raise ValueError(
+                f"buffers {first.id!r} (bytes [{offsets[first.id]}, {offsets[first.id] + first.size}), "
+                f"live [{first.lower}, {first.upper})) and {second.id!r} (bytes [{offsets[second.id]}, "
+                f"{offsets[second.id] + second.size}), live [{second.lower}, {second.upper})) overlap")
+        live.add(o)
+        live_at[o] = k
 
 
 def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, time_limit: float = 10.0,
@@ -176,12 +212,15 @@ def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, tim
         seen: set[str] = set()
         duplicate = next(i for i in ids if i in seen or seen.add(i))
         raise ValueError(f"buffer id {duplicate!r} appears more than once")
+    if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0):
+        raise ValueError(f"time_limit must be a finite positive number of seconds, got {time_limit!r}")
     instance = _instance(buffers, alignment)
     bound = instance.lower_bound()
     log: list[str] = []
 
     exact = method != "greedy"
-    greedy = greedy_portfolio(instance, time_budget=time_limit * (0.2 if exact else 1.0))
+    greedy = greedy_portfolio(instance, time_budget=time_limit * (0.2 if exact else 1.0), target=bound,
+                              deadline=deadline)
     offsets, winner = list(greedy.offsets), f"greedy:{greedy.variant}"
     log.append(f"greedy {greedy.variant}: height {greedy.height} "
                f"(best of {len(greedy.tried)} variants, lower bound {bound})")
@@ -209,6 +248,27 @@ def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, tim
                             wall_s=time.monotonic() - start, method=winner, capacity=capacity, log=log)
 
 
+def exact_cost(instance: PackingInstance, method: str) -> str | None:
+    """Why the exact phase cannot take on ``instance`` (one component), or None if it can.
+
+    The search indexes every conflicting pair and every (buffer, section)
+    pair, and its numbers are int64; CP-SAT builds a model per buffer. Each
+    is checked in O(n log n) before anything is built.
+    """
+    n = len(instance)
+    limit = MAX_CPSAT_BUFFERS if method == "cpsat" else MAX_EXACT_BUFFERS
+    if n > limit:
+        return f"{n} buffers, above the limit of {limit} for {'CP-SAT' if method == 'cpsat' else 'the search'}"
+    if sum(instance.sizes) >= MAX_VALUE:
+        return "total size above 2**62 bytes"
+    if instance.edges > MAX_CONFLICT_EDGES:
+        return f"{instance.edges} conflicting pairs, above the limit of {MAX_CONFLICT_EDGES}"
+    spans = section_spans(instance.lowers, instance.uppers)
+    if spans > MAX_SECTION_SPANS:
+        return f"{spans} (buffer, time section) pairs, above the limit of {MAX_SECTION_SPANS}"
+    return None
+
+
 def _instance(buffers: Sequence[Buffer], alignment: int) -> PackingInstance:
     return PackingInstance([b.lower for b in buffers], [b.upper for b in buffers],
                            [b.size for b in buffers], alignment)
@@ -226,10 +286,11 @@ def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capa
     groups = components(instance.lowers, instance.uppers, instance.sizes)
     heights = [max(offsets[i] + instance.sizes[i] for i in g) for g in groups]
     floors = [0] * len(groups)              # proven lower bound of each component
+    skipped: set[int] = set()               # components too large for the exact phase
     proven, improved = bound, False
     while time.monotonic() < deadline:
         goal = max(bound, proven) if capacity is None else capacity
-        open_ = [k for k in range(len(groups)) if heights[k] > max(goal, floors[k])]
+        open_ = [k for k in range(len(groups)) if heights[k] > max(goal, floors[k]) and k not in skipped]
         if not open_ or (capacity is not None and proven > capacity):
             break
         if capacity is None:
@@ -242,20 +303,31 @@ def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capa
             k = max(open_, key=lambda j: heights[j])
             stop_at = capacity
             share = (deadline - time.monotonic()) / len(open_)
+        share_ends = min(deadline, time.monotonic() + share)
         group = groups[k]
+        if len(group) == len(instance):
+            group = sorted(group)             # the whole instance: its analyses carry over
         sub = instance.subset(group)
+        why_not = exact_cost(sub, method)
+        if why_not is None and method != "cpsat" and time.monotonic() + 2 * setup_seconds(sub) > share_ends:
+            why_not = f"about {setup_seconds(sub):.1f} s to set up the search, more than the time left"
+        if why_not is not None:
+            log.append(f"exact phase skips a component of {len(group)} buffers: {why_not}; "
+                       "it keeps its heuristic packing")
+            skipped.add(k)
+            continue
         sub_offsets = [offsets[i] for i in group]
         floors[k] = max(floors[k], sub.lower_bound())
         if method == "cpsat":
             limit = heights[k] if capacity is None else min(capacity, heights[k] - 1)
-            run = cpsat_packing(sub, sub_offsets, floors[k], limit, share)
+            run = cpsat_packing(sub, sub_offsets, floors[k], limit, share_ends - time.monotonic())
             log.append(f"cp-sat on component of {len(group)} buffers: {run.status}, "
-                       f"height {run.height}, bound {run.bound}")
+                       f"height {run.height}, bound {run.bound}" + (f" ({run.note})" if run.note else ""))
             found = run.offsets is not None and run.height < heights[k]
             new_offsets, new_height = (run.offsets, run.height) if found else (sub_offsets, heights[k])
             floors[k] = max(floors[k], run.bound if run.status != "optimal" else new_height)
         else:
-            run = minimize_height(sub, sub_offsets, floors[k], stop_at=stop_at, deadline=time.monotonic() + share,
+            run = minimize_height(sub, sub_offsets, floors[k], stop_at=stop_at, deadline=share_ends,
                                   fixed_capacity=capacity is not None, seed=seed)
             log.append(f"search on component of {len(group)} buffers: height {heights[k]} -> {run.height} "
                        f"(bound {run.proven_lower}, {run.nodes} nodes)")
