@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from memplan.errors import IRParseError, MemplanError, OutputPathError, PlanFormatError
+from memplan.ir.parser import MAX_TEXT_CHARS
 
 EMITS = ("ir", "python", "plan", "report")
 
@@ -149,7 +150,11 @@ def cmd_lower(args) -> int:
 
 def _read_text(path: Path, what: str) -> str:
     """The UTF-8 text of ``path``; a one-line error naming the file if it is not UTF-8 text."""
-    data = path.read_bytes()
+    limit = 4 * MAX_TEXT_CHARS
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise IRParseError(f"{path}: larger than the {limit}-byte limit for {what}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -168,6 +173,7 @@ def _check_input_file(path: Path) -> None:
 
 def cmd_show(args) -> int:
     from memplan.ir.parser import parse
+    from memplan.ir.types import eval_bytes
     from memplan.ir.verify import verify
     from memplan.passes.liveness import liveness
     from memplan.passes.verify_plan import check_plan
@@ -206,7 +212,7 @@ def cmd_show(args) -> int:
     table.add_column("value", justify="right")
     table.add_row("nodes", str(len(graph.nodes)))
     table.add_row("inputs", str(len(graph.inputs)))
-    table.add_row("params", f"{len(graph.params)} ({format_bytes(sum(int(p.nbytes) for p in graph.params))})")
+    table.add_row("params", f"{len(graph.params)} ({format_bytes(sum(eval_bytes(p.nbytes) for p in graph.params))})")
     table.add_row("activation peak (graph order)", format_bytes(live.peak_bytes))
     for op, n in Counter(n.op for n in graph.nodes).most_common(8):
         table.add_row(f"  {op}", str(n))
