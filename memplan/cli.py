@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from memplan.errors import IRParseError, MemplanError, OutputPathError, PlanFormatError
+from memplan.files import read_text
 from memplan.ir.parser import MAX_TEXT_CHARS
 
 EMITS = ("ir", "python", "plan", "report")
@@ -149,17 +150,8 @@ def cmd_lower(args) -> int:
 
 
 def _read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of ``path``; a one-line error naming the file if it is not UTF-8 text."""
-    limit = 4 * MAX_TEXT_CHARS
-    with open(path, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise IRParseError(f"{path}: larger than the {limit}-byte limit for {what}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise IRParseError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                           f"memplan show reads {what}") from None
+    """The UTF-8 text of ``path``, bounded; a one-line error naming the file if it is not."""
+    return read_text(path, 4 * MAX_TEXT_CHARS, IRParseError, what)
 
 
 def _check_input_file(path: Path) -> None:

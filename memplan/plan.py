@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from memplan.errors import PlanFormatError
+from memplan.files import read_text, short_path
 from memplan.units import format_bytes
 
 PLAN_FORMAT = "memplan.plan/1"
@@ -54,19 +55,8 @@ class Plan:
     def load(path: str | Path) -> "Plan":
         """Read a ``.plan.json`` file (bounded size, UTF-8 JSON, then :meth:`from_dict`)."""
         path = Path(path)
-        where = str(path) if len(str(path)) <= 200 else "..." + str(path)[-200:]
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(MAX_PLAN_FILE_BYTES + 1)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise PlanFormatError(f"{where}: cannot read the plan file ({reason})") from None
-        if len(raw) > MAX_PLAN_FILE_BYTES:
-            raise PlanFormatError(f"{where}: plan file larger than the limit of {MAX_PLAN_FILE_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise PlanFormatError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        where = short_path(path)
+        text = read_text(path, MAX_PLAN_FILE_BYTES, PlanFormatError, "a memplan plan (.plan.json)")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

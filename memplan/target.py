@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from memplan.errors import BudgetFormatError, TargetError
+from memplan.files import read_text, short_path
 from memplan.units import parse_bytes
 
 
@@ -126,31 +127,16 @@ def load_target(target: str | Path | HardwareSpec | dict) -> HardwareSpec:
         return PRESETS[text]
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        return _from_dict(_read_spec_file(path), where=_where(text), default_name=path.stem)
+        return _from_dict(_read_spec_file(path), where=short_path(text), default_name=path.stem)
     raise TargetError(f"unknown target {_brief(text)}; presets: {', '.join(sorted(PRESETS))}, "
                       "or a .yaml/.json spec file")
 
 
-def _where(path: str) -> str:
-    """A file path for messages (a path is the user's own text, but a huge one is cut)."""
-    return path if len(path) <= 200 else "..." + path[-200:]
-
-
 def _read_spec_file(path: Path):
-    where = _where(str(path))
+    where = short_path(path)
     if not path.is_file():
         raise TargetError(f"target file {where!r} does not exist")
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        raise TargetError(f"target file {where}: cannot read it ({exc.strerror or type(exc).__name__})") from None
-    if len(data) > MAX_SPEC_BYTES:
-        raise TargetError(f"target file {where} is larger than the limit of {MAX_SPEC_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TargetError(f"target file {where} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    text = read_text(path, MAX_SPEC_BYTES, TargetError, "a target spec (YAML or JSON)")
     kind = path.suffix[1:].upper()
     if kind == "YML":
         kind = "YAML"

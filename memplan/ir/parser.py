@@ -31,6 +31,7 @@ import sympy
 import torch
 
 from memplan.errors import IRParseError
+from memplan.files import read_text
 from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value, iter_values
 from memplan.ir.types import DTYPES, TensorType, sym
 
@@ -101,17 +102,7 @@ def parse(text: str) -> Graph:
 def parse_file(path: str | Path) -> Graph:
     """Read and parse an IR file; unreadable, oversized or non-UTF-8 files are an :class:`IRParseError`."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(4 * MAX_TEXT_CHARS + 1)
-    except OSError as exc:
-        raise IRParseError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
-    if len(data) > 4 * MAX_TEXT_CHARS:
-        raise IRParseError(f"{path}: above the limit of {MAX_TEXT_CHARS} characters")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise IRParseError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    text = read_text(path, 4 * MAX_TEXT_CHARS, IRParseError, "memplan IR text (.mir)")
     try:
         return parse(text)
     except IRParseError as exc:
