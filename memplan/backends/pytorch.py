@@ -18,7 +18,7 @@ import linecache
 
 
 from memplan.backends.bindings import fast_binding
-from memplan.ir.graph import Graph, Value
+from memplan.ir.graph import Graph, Value, iter_leaves
 from memplan.ir.ops import lookup, out_variant
 from memplan.ir.types import DTYPES
 from memplan.passes.layout import eager_strides, slot_strides
@@ -153,21 +153,10 @@ def _check_emittable(graph: Graph) -> None:
             raise MemplanError(f"value %{v.name} has symbolic type {v.type}: the PyTorch backend emits concrete "
                                "shapes; bind the symbolic dims first (example inputs, --input-shape)")
     for node in graph.nodes:
-        for leaf in _leaves((node.args, node.kwargs)):
+        for leaf in iter_leaves((node.args, node.kwargs)):
             if isinstance(leaf, sympy.Basic):
                 raise MemplanError(f"node {node.name} ({node.op}) has the symbolic argument {comment_text(leaf)}: "
                                    "the PyTorch backend emits concrete values only")
-
-
-def _leaves(obj):
-    if isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _leaves(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _leaves(item)
-    else:
-        yield obj
 
 
 def _call(node, names, op: str | None = None, outs: dict[str, Value] | None = None) -> str:

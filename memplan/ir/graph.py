@@ -71,16 +71,22 @@ class Node:
         return f"<Node {self.name}: {outs} = {self.op}>"
 
 
-def iter_values(obj) -> Iterator[Value]:
-    """Every :class:`Value` inside a nested structure of args, in order."""
-    if isinstance(obj, Value):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
+def iter_leaves(obj) -> Iterator[Any]:
+    """Every leaf (a Value, or plain data other than lists, tuples and dicts) of a nested
+    structure of args, in order."""
+    if isinstance(obj, (list, tuple)):
         for item in obj:
-            yield from iter_values(item)
+            yield from iter_leaves(item)
     elif isinstance(obj, dict):
         for item in obj.values():
-            yield from iter_values(item)
+            yield from iter_leaves(item)
+    else:
+        yield obj
+
+
+def iter_values(obj) -> Iterator[Value]:
+    """Every :class:`Value` inside a nested structure of args, in order."""
+    return (leaf for leaf in iter_leaves(obj) if isinstance(leaf, Value))
 
 
 def map_values(obj, fn):
