@@ -104,3 +104,43 @@ def test_target_capacity_is_a_budget_too():
     model = torch.nn.Sequential(torch.nn.Linear(256, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 256))
     with pytest.raises(BudgetInfeasibleError, match="target 'mcu': tier 'flash' holds 2.00 MiB"):
         memplan.compile(model, (torch.randn(64, 256),), target="mcu")
+
+
+def test_storage_the_backend_cannot_realise_is_rejected(compiled):
+    """A tampered plan: each buffer in a made-up tier of its own at offset 0 (the backend places one
+    arena), offsets without an arena size, negative offsets, and a stated peak below what the
+    buffers need."""
+    tier = next(iter(compiled.plan.allocation))
+
+    def own_tiers(graph, plan):
+        plan.allocation = {f"tier{i}": {name: 0} for i, name in enumerate(plan.allocation[tier])}
+    with pytest.raises(PlanVerificationError, match="allocates in .* tiers"):
+        verify_plan(compiled.graph, _broken(compiled, own_tiers))
+
+    def renamed_tier(graph, plan):
+        plan.allocation = {"sram": plan.allocation[tier]}
+    with pytest.raises(PlanVerificationError, match="not the main memory tier"):
+        verify_plan(compiled.graph, _broken(compiled, renamed_tier), compiled.target)
+
+    def no_arena_size(graph, plan):
+        del plan.stats["arena_bytes"]
+        name = next(iter(plan.allocation[tier]))
+        plan.allocation[tier][name] = 2**62
+    with pytest.raises(PlanVerificationError, match="states no size"):
+        verify_plan(compiled.graph, _broken(compiled, no_arena_size))
+
+    def negative(graph, plan):
+        name = next(iter(plan.allocation[tier]))
+        plan.allocation[tier][name] = -64
+    with pytest.raises(PlanVerificationError, match="is negative"):
+        verify_plan(compiled.graph, _broken(compiled, negative))
+
+    def understated(graph, plan):
+        plan.stats["planned_peak_bytes"] = 1
+    with pytest.raises(PlanVerificationError, match="states a planned peak"):
+        verify_plan(compiled.graph, _broken(compiled, understated))
+
+    def stranger(graph, plan):
+        plan.allocation[tier]["not_a_value"] = 0
+    with pytest.raises(PlanVerificationError, match="which no node"):
+        verify_plan(compiled.graph, _broken(compiled, stranger))
