@@ -104,3 +104,18 @@ def timeline_peak(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     by_category = dict(zip(_category_names(), sizes[at_peak][1:])) if sizes else {}
     return {"peak": peak, "baseline": baseline, "activation_peak": peak - baseline,
             "by_category": by_category, "result": result}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the host can still give (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -39,10 +39,11 @@ from memplan.errors import InputMismatchError, MemplanError, ModelLoadError, Uns
 from memplan.ir.graph import Graph, Node, Value
 from memplan.ir.ops import flatten_outputs, infer_types, lookup
 from memplan.ir.types import TensorType, dtype_name
+from memplan.profiling import available_memory
 
 MIN_OPSET = 13
 MAX_TENSOR_BYTES = 2**53  # 8 PiB: a larger claim is no machine's tensor, and overflows size arithmetic
-FOLD_LIMIT = 256 * 2**20  # bytes: a constant computed at import time; a larger result becomes a node
+FOLD_LIMIT = 2 * 2**30  # bytes a fold may add beyond its constant inputs (or a quarter of the free memory)
 
 # ONNX TensorProto element type -> torch dtype (the types memplan can hold).
 ONNX_DTYPES: dict[int, torch.dtype] = {
@@ -427,7 +428,7 @@ def _size_hint(obj) -> int:
 def _folded_bytes(impl, args, kwargs) -> int:
     """Bytes the result of folding ``impl(*args, **kwargs)`` would take: 0 when a cheap guess
     says it is small (most folds: shape arithmetic), else from a run on meta tensors."""
-    if _size_hint((args, kwargs)) * 16 <= FOLD_LIMIT:
+    if _size_hint((args, kwargs)) * 16 <= fold_limit():
         return 0
     try:
         meta_args, meta_kwargs = _map_tensors((args, kwargs), lambda t: torch.empty_like(t, device="meta"))
@@ -436,6 +437,34 @@ def _folded_bytes(impl, args, kwargs) -> int:
         return 0
     outs = [result] if isinstance(result, torch.Tensor) else flatten_outputs(result)
     return sum(t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor))
+
+
+def fold_limit() -> int:
+    """The most bytes a constant fold may produce beyond its inputs: ``FOLD_LIMIT``, or a quarter of
+    the memory the host has free if that is less. A weight built by ``Expand``/``ConstantOfShape``
+    (as light models build theirs) folds into a param; a larger claim stays a node, which the
+    capacity checks then weigh before anything is allocated."""
+    available = available_memory()
+    return FOLD_LIMIT if available is None else min(FOLD_LIMIT, available // 4)
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the distinct constant tensors in ``obj``: what the file already holds. Folding a
+    weight (a transpose, a cast) takes as much again and is what saves work at run time; a fold
+    much larger than its inputs (Expand, Tile, ConstantOfShape of a claimed size) is what
+    ``FOLD_LIMIT`` bounds."""
+    seen, total, stack = set(), 0, [obj]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, torch.Tensor):
+            if id(a) not in seen:
+                seen.add(id(a))
+                total += a.numel() * a.element_size()
+        elif isinstance(a, (list, tuple)):
+            stack.extend(a)
+        elif isinstance(a, dict):
+            stack.extend(a.values())
+    return total
 
 
 def _has_value(obj) -> bool:
@@ -539,7 +568,8 @@ class NodeBuilder:
         """Apply aten/memplan op ``op``: folded now if every tensor argument is a constant,
         else appended to the graph. Returns a Value/tensor, or a tuple for multi-output ops."""
         opdef = lookup(op, node=self.name, source=self.name)
-        if not _has_value((args, kwargs)) and _folded_bytes(opdef.impl, args, kwargs) <= FOLD_LIMIT:
+        if not _has_value((args, kwargs)) and \
+                _folded_bytes(opdef.impl, args, kwargs) <= max(fold_limit(), _tensor_bytes((args, kwargs))):
             result = opdef.impl(*args, **kwargs)
             outs = [result] if isinstance(result, torch.Tensor) else flatten_outputs(result)
             self._name_folded(op, (args, kwargs), outs)
@@ -599,19 +629,21 @@ class NodeBuilder:
 
     def full(self, shape, value, dtype: torch.dtype):
         """A constant tensor: folded at import time, or, where it would take more than
-        :data:`FOLD_LIMIT` bytes, the one value expanded to ``shape`` by a node (a view that
+        :func:`fold_limit` bytes, the one value expanded to ``shape`` by a node (a view that
         holds no bytes; the importer never allocates what a file merely claims)."""
         shape = [int(s) for s in shape]
         if any(d < 0 for d in shape):
             raise self.fail(f"a constant of shape {shape}: dims must be non-negative")
         self.check_size(shape, dtype, "the constant", limit=MAX_TENSOR_BYTES)
-        if _nbytes(shape, dtype) <= FOLD_LIMIT:
+        if _nbytes(shape, dtype) <= fold_limit():
             return torch.full(tuple(shape), value, dtype=dtype)
         return self.call("aten.expand.default", torch.full((), value, dtype=dtype), shape)
 
-    def check_size(self, shape, dtype: torch.dtype, what: str, limit: int = FOLD_LIMIT) -> None:
+    def check_size(self, shape, dtype: torch.dtype, what: str, limit: int | None = None) -> None:
         """Raise :class:`UnsupportedOpError` before building a constant of ``shape`` larger than
-        ``limit`` bytes at import time (a file's claim must not exhaust this host's memory)."""
+        ``limit`` bytes (default :func:`fold_limit`) at import time (a file's claim must not exhaust
+        this host's memory)."""
+        limit = fold_limit() if limit is None else limit
         nbytes = _nbytes(shape, dtype)
         if nbytes > limit:
             raise self.fail(f"{what} would hold {list(shape)} {dtype} ({nbytes} bytes), more than the "

@@ -32,25 +32,11 @@ from memplan.ir.printer import format_arg
 from memplan.ir.types import eval_bytes
 from memplan.passes.layout import slot_strides
 from memplan.passes.liveness import storage_roots
+from memplan.profiling import available_memory
 from memplan.units import format_bytes
 
 _CACHE: dict[tuple, int] = {}
 MEASURE_CAP = 256 * 2**20  # bytes of real tensors one measurement may allocate
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory the host can still give (``MemAvailable``), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def measure_cap(options: dict) -> int:
@@ -58,7 +44,7 @@ def measure_cap(options: dict) -> int:
     cap = options.get("scratch_measure_cap")
     if cap is not None:
         return int(cap)
-    available = _available_memory()
+    available = available_memory()
     return MEASURE_CAP if available is None else min(MEASURE_CAP, available // 4)
 
 
