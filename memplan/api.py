@@ -1,6 +1,7 @@
 """The public API: :func:`compile` and :class:`CompiledModule`."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,8 +32,9 @@ class CompiledModule:
         self.plan = plan
         self.target = target
         self.log = log
-        if plan.allocation or plan.schedule:
-            verify_plan(graph, plan, target)  # every plan is checked before it runs, whatever made it
+        # every plan is checked before it runs, whatever made it (without a schedule: graph order)
+        verify_plan(graph, plan if plan.schedule else
+                    dataclasses.replace(plan, schedule=[n.name for n in graph.nodes]), target)
         self.source = emit_python(graph, plan)
         self._run = load_python(self.source, f"memplan_{graph.name}")
         self._weights = prepack(graph)

@@ -43,6 +43,7 @@ from memplan.profiling import available_memory
 
 MIN_OPSET = 13
 MAX_TENSOR_BYTES = 2**53  # 8 PiB: a larger claim is no machine's tensor, and overflows size arithmetic
+DATA_PROP_INPUT_LIMIT = 2**20  # bytes of one input up to which ONNX shape inference propagates data
 FOLD_LIMIT = 2 * 2**30  # bytes a fold may add beyond its constant inputs (or a quarter of the free memory)
 
 # ONNX TensorProto element type -> torch dtype (the types memplan can hold).
@@ -146,12 +147,16 @@ def validate_model(model) -> None:
     with no outputs. Raises :class:`ModelLoadError` naming the opset, node or value.
     """
     opset, newest = default_opset(model), newest_opset()
+    if opset < 1:
+        raise ModelLoadError(f"the model imports ONNX opset {opset} (default domain); opsets start at 1")
     if opset > newest:
         raise ModelLoadError(f"the model imports ONNX opset {opset} (default domain); the newest opset "
                              f"memplan knows is {newest} (onnx {_onnx_version()})")
     g = model.graph
     defined: dict[str, str] = {}
     for vi in g.input:
+        if not vi.name:
+            raise ModelLoadError("a graph input has an empty name")
         if vi.name in defined:
             raise ModelLoadError(f"graph input {vi.name!r} is declared twice")
         defined[vi.name] = "a graph input"
@@ -708,7 +713,12 @@ def _onnx_types(model, input_types: dict[str, TensorType], bound: dict[str, torc
     # ONNX's data propagation evaluates Range on its constant inputs, however long the file says
     # the range is (10**12 elements: std::bad_alloc, or the OOM killer): without it there
     try:
-        data_prop = not any(node.op_type == "Range" for node in m.graph.node)
+        # data propagation also materialises ConstantOfShape and what follows it at the size of the
+        # inputs (a Shape -> Mul -> ConstantOfShape chain: 10 GB for a 256 MiB input); only small
+        # graphs of small inputs get it
+        small = all(_nbytes(t.shape, t.torch_dtype) <= DATA_PROP_INPUT_LIMIT for t in input_types.values())
+        data_prop = small and not any(node.op_type in ("Range", "ConstantOfShape", "Expand", "Tile")
+                                      for node in m.graph.node)
         inferred = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=data_prop)
     except Exception:
         return {}
@@ -817,7 +827,8 @@ def _fresh_outputs(graph: Graph, outputs: list[Value]) -> list[Value]:
     for v in graph.inputs + graph.params:
         root[v.name] = v.name
     for node in graph.nodes:
-        view = lookup(node.op, node=node.name).view and node.inputs
+        # aten.reshape returns a view wherever the layout allows (canonicalize makes it one)
+        view = (lookup(node.op, node=node.name).view or node.op == "aten.reshape.default") and node.inputs
         for v in node.outputs:
             root[v.name] = root[node.inputs[0].name] if view else v.name
     resident = {v.name for v in graph.inputs + graph.params}

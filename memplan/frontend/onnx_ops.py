@@ -74,7 +74,12 @@ def lower_node(importer, node) -> None:
         else:
             inputs.append(importer.env[name])
     b = NodeBuilder(importer, node, attrs)
-    result = op.lower(b, *inputs)
+    try:
+        result = op.lower(b, *inputs)
+    except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, OverflowError) as exc:
+        # an attribute of the wrong type or out of range (axis="one", NaN scales): the file's fault
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise b.fail(f"cannot lower it with these attributes and inputs ({type(exc).__name__}: {text})") from None
     results = list(result) if isinstance(result, (tuple, list)) else [result]
     for i, name in enumerate(node.output):
         if not name:

@@ -71,6 +71,9 @@ def _check_reuse(node, where: str) -> None:
         raise IRVerificationError(f"{where}: reuses %{node.reuses}, which it does not read")
     if len(node.outputs) != 1 or node.subgraph is not None or lookup(node.op).view:
         raise IRVerificationError(f"{where}: only a single-output, non-view op can write in place")
+    if reused.kind != "node":
+        raise IRVerificationError(f"{where}: writes in place over %{reused.name}, a graph {reused.kind}: "
+                                  "inputs and weights are never overwritten")
     out = node.outputs[0]
     if out.type != reused.type:
         raise IRVerificationError(f"{where}: output %{out.name} ({out.type}) cannot reuse "

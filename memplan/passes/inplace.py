@@ -114,6 +114,11 @@ def mark_inplace(graph: Graph) -> list[Node]:
                 p = producer[v.name]
                 bits |= anc[p] | (1 << index[p])
         anc[n.name] = bits
+    # per storage root, kept up to date as roots merge (linear in the graph, not in chain length):
+    # whether a graph output uses it, the nodes producing its values, and the other nodes reading it
+    holds_output = {r: any(m in outputs for m in ms) for r, ms in members.items()}
+    inside = {r: {producer[m] for m in ms if m in producer} for r, ms in members.items()}
+    outside = {r: set().union(*(readers[m] for m in ms)) - inside[r] for r, ms in members.items()}
     marked = []
     for node in candidates:
         out = node.outputs[0]
@@ -121,21 +126,23 @@ def mark_inplace(graph: Graph) -> list[Node]:
             continue
         for x in _overwritable(node):
             r = roots[x.name]
-            if x.type != out.type or kind[r] != NODE or any(m in outputs for m in members[r]):
+            if x.type != out.type or kind[r] != NODE or holds_output[r]:
                 continue
             shape = [int(d) for d in x.type.shape] if x.type.is_static else None
             if shape is None or strides.get(x.name) != strides.get(out.name) or not is_dense(shape, strides[x.name]):
                 continue
             if reads_overwritten(node, x.name, roots):
                 continue  # it reads the bytes it would overwrite other than element by element
-            inside = {producer[m] for m in members[r] if m in producer}
-            outside_readers = set().union(*(readers[m] for m in members[r])) - inside - {node.name}
-            if any(not (anc[node.name] >> index[u]) & 1 for u in outside_readers):
+            if any(not (anc[node.name] >> index[u]) & 1 for u in outside[r] if u != node.name):
                 continue  # some other reader may run after this node
             node.reuses = x.name
-            for m in members.pop(roots[out.name]):
+            gone = roots[out.name]
+            for m in members.pop(gone):
                 roots[m] = r
                 members[r].append(m)
+            holds_output[r] = holds_output[r] or holds_output.pop(gone)
+            inside[r] |= inside.pop(gone)
+            outside[r] = (outside[r] | outside.pop(gone)) - inside[r]
             marked.append(node)
             break
     return marked

@@ -74,8 +74,8 @@ def _fusable_add(v, users: dict, outputs: set[str]):
     if a is None or a.op != ADD or a.kwargs or len(a.args) != 2:
         return None, None
     other = a.args[1] if a.args[0] is v else a.args[0]
-    if not isinstance(other, Value) or other is v or other.type != v.type:
-        return None, None
+    if not isinstance(other, Value) or other is v or other.type != v.type or other.kind == PARAM:
+        return None, None  # a weight as the residual may be the prepacked (opaque) one
     return a, other
 
 

@@ -73,7 +73,8 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
                 raise PlanVerificationError(f"step {step}: node {name} reads %{v.name} after node "
                                             f"{clobbered[v.name]} overwrote its storage in place")
         if node.reuses is not None:
-            _check_inplace(step, node, root, values_of, clobbered, {v.name for v in graph.outputs})
+            _check_inplace(step, node, root, values_of, clobbered, {v.name for v in graph.outputs},
+                           {v.name for v in graph.inputs + graph.params})
         for v in node.outputs:
             available.add(v.name)
             values_of.setdefault(root[v.name], []).append(v.name)
@@ -103,7 +104,7 @@ def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *,
     _check_capacity(graph, plan, target, end, root, outputs)
 
 
-def _check_inplace(step, node, root, values_of, clobbered, graph_outputs):
+def _check_inplace(step, node, root, values_of, clobbered, graph_outputs, resident):
     """``node`` overwrites the storage of its input ``node.reuses``: every value using that storage
     so far is dead from now on (reading one later is a fault, caught by the caller)."""
     reused = next((v for v in node.inputs if v.name == node.reuses), None)
@@ -111,6 +112,9 @@ def _check_inplace(step, node, root, values_of, clobbered, graph_outputs):
         raise PlanVerificationError(f"step {step}: node {node.name} writes in place over %{node.reuses}, "
                                     f"which is not one of its inputs (or it has several outputs)")
     r = root[reused.name]
+    if r in resident:
+        raise PlanVerificationError(f"step {step}: node {node.name} overwrites %{reused.name} in place, whose "
+                                    f"storage %{r} is a graph input or weight (the caller's or the module's)")
     other = _reads_overwritten(node, reused.name, root)
     if other is not None:
         raise PlanVerificationError(f"step {step}: node {node.name} ({node.op}) overwrites %{reused.name} in "
