@@ -73,7 +73,14 @@ def export_model(model, example_inputs, dynamic_shapes=None) -> ExportedProgram:
                 f"({', '.join(_describe(a) for a in args)}): {first}") from None
         finally:
             model.train(was_training)
-    return program.run_decompositions(decomposition_table())
+    try:
+        return program.run_decompositions(decomposition_table())
+    except MemplanError:
+        raise
+    except Exception as exc:  # torch's own failures (fx codegen of odd module names, missing decompositions)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedOpError(f"decomposing the captured program to Core ATen failed: "
+                                 f"{type(exc).__name__}: {first}") from None
 
 
 def _describe(t) -> str:

@@ -30,6 +30,8 @@ from memplan.units import format_bytes
 
 def verify_plan(graph: Graph, plan: Plan, target: HardwareSpec | None = None, *, alignment: int = 64) -> None:
     """Raise :class:`PlanVerificationError` naming the step and buffers at fault; return None if sound."""
+    if plan.graph != graph.name:
+        raise PlanVerificationError(f"the plan is for graph {plan.graph!r:.80}, not {graph.name!r}")
     nodes = {n.name: n for n in graph.nodes}
     root = {v.name: v.name for v in graph.values()}
     for n in graph.nodes:  # storage roots, re-derived here on purpose

@@ -144,3 +144,10 @@ def test_storage_the_backend_cannot_realise_is_rejected(compiled):
         plan.allocation[tier]["not_a_value"] = 0
     with pytest.raises(PlanVerificationError, match="which no node"):
         verify_plan(compiled.graph, _broken(compiled, stranger))
+
+
+def test_plan_of_another_graph_is_rejected(compiled):
+    def rename(graph, plan):
+        plan.graph = "someone_else"
+    with pytest.raises(PlanVerificationError, match="the plan is for graph 'someone_else'"):
+        verify_plan(compiled.graph, _broken(compiled, rename))
