@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -17,6 +18,7 @@ from memplan.errors import MemplanError
 from memplan.solvers.allocation import MAX_VALUE, Buffer
 
 COLUMNS = ("id", "lower", "upper", "size")
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
 MAX_ID_CHARS = 1024          # a buffer id
 MAX_NUMBER_CHARS = 24        # a lower/upper/size field (|value| < 2**62 has at most 19 digits)
 
@@ -85,12 +87,12 @@ def _parse_rows(reader, name: str) -> list[Buffer]:
         for column in ("lower", "upper", "size"):
             text = row[where[column]].strip()
             try:
-                if len(text) > MAX_NUMBER_CHARS:
-                    raise ValueError
+                if len(text) > MAX_NUMBER_CHARS or not _ASCII_INT.fullmatch(text):
+                    raise ValueError  # int() would also take '1_000' and other scripts' digits
                 values[column] = int(text)
             except ValueError:
                 raise BufferFileError(f"{name}:{line}: field {column!r} is {_cut(text)}, not an integer"
-                                      + (f" below 2**62" if text.lstrip("+-").isdigit() else "")) from None
+                                      + (" below 2**62" if _ASCII_INT.fullmatch(text) else "")) from None
             if not -MAX_VALUE < values[column] < MAX_VALUE:
                 raise BufferFileError(f"{name}:{line}: field {column!r} ({values[column]}) is out of range: "
                                       f"lifetimes and sizes must be below 2**62 ({MAX_VALUE}) in magnitude")

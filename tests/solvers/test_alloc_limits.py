@@ -243,3 +243,11 @@ def test_buffers_reject_values_beyond_the_limit():
         Buffer("a", 0, 1, 2**62)
     with pytest.raises(ValueError, match="must be below 2\\*\\*62"):
         Buffer("a", -(2**62), 1, 1)
+
+
+@pytest.mark.parametrize("text", ["1_000", "\u0661\u0662", " 1 2", "0x10"])
+def test_csv_numbers_are_plain_ascii_integers(text):
+    import io
+    from memplan.solvers.alloc_csv import BufferFileError, parse_buffers_csv
+    with pytest.raises(BufferFileError, match="not an integer"):
+        parse_buffers_csv(io.StringIO(f"id,lower,upper,size\nx,0,2,{text}\n"))
