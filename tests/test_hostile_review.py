@@ -94,3 +94,19 @@ def test_long_chains_plan_in_near_linear_time():
     assert torch.equal(cm(x), x.relu())
     # every relu but the first (it reads the input) and the last (a graph output) writes in place
     assert sum(1 for node in cm.graph.nodes if node.reuses is not None) == n - 2
+
+
+@pytest.mark.parametrize("op,attrs,shape", [("Softmax", {"axis": 7}, [2, 3]), ("Concat", {"axis": -3}, [2, 3]),
+                                            ("Flatten", {"axis": 3}, [2, 3])])
+def test_axis_out_of_range_is_a_typed_error(op, attrs, shape):
+    model = _model([oh.make_node(op, ["x"], ["y"], **attrs)], [oh.make_tensor_value_info("x", 1, shape)],
+                   [oh.make_tensor_value_info("y", 1, None)])
+    with pytest.raises(MemplanError, match="out of range"):
+        memplan.compile(model, options=FAST)
+
+
+def test_flatten_axis_equal_to_rank_is_legal():
+    model = _model([oh.make_node("Flatten", ["x"], ["y"], axis=2)], [oh.make_tensor_value_info("x", 1, [2, 3])],
+                   [oh.make_tensor_value_info("y", 1, None)])
+    x = torch.randn(2, 3)
+    assert memplan.compile(model, options=FAST)(x).shape == (6, 1)

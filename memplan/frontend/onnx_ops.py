@@ -115,7 +115,14 @@ def _rename_outputs(b: NodeBuilder, node, results) -> None:
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def norm_axis(axis: int, rank: int) -> int:
+def norm_axis(axis: int, rank: int, *, inclusive: bool = False) -> int:
+    """``axis`` in ``[-rank, rank)`` (``[-rank, rank]`` with ``inclusive``, as Flatten takes it) as a
+    non-negative axis; a ValueError (a typed error naming the node, raised by ``lower_node``) for any
+    other: ONNX and onnxruntime reject the model."""
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise TypeError(f"axis {axis!r} is not an integer")
+    if not -max(rank, 1) <= axis < max(rank, 1) + int(inclusive):
+        raise ValueError(f"axis {axis} is out of range for a rank-{rank} input")
     return axis + rank if axis < 0 else axis
 
 
@@ -484,7 +491,7 @@ def lower_reshape(b, x, shape=None):
 @onnx_op("Flatten")
 def lower_flatten(b, x):
     dims = shape_of(x)
-    axis = norm_axis(b.attr("axis", 1), len(dims))
+    axis = norm_axis(b.attr("axis", 1), len(dims), inclusive=True)
     return b.reshape(x, [math.prod(dims[:axis]), math.prod(dims[axis:])])
 
 
