@@ -16,16 +16,21 @@ def memplan_cli(*args, cwd=None):
                           text=True, cwd=cwd)
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])
+def save_tiny_onnx(folder, rows="N"):
+    """``folder/tiny.onnx``: x[rows, 4] @ w[4, 3], relu (``rows`` an int or a symbolic dim name)."""
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [rows, 4])
     y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
     w = numpy_helper.from_array(np.random.default_rng(0).random((4, 3), dtype=np.float32), "w")
     nodes = [oh.make_node("MatMul", ["x", "w"], ["h"], name="fc"), oh.make_node("Relu", ["h"], ["y"], name="act")]
     model = oh.make_model(oh.make_graph(nodes, "tiny", [x], [y], [w]), opset_imports=[oh.make_opsetid("", 17)])
-    path = tmp_path_factory.mktemp("models") / "tiny.onnx"
+    path = folder / "tiny.onnx"
     onnx.save(model, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return save_tiny_onnx(tmp_path_factory.mktemp("models"))
 
 
 def test_lower_emits_ir_python_plan_and_show_reverifies(model_path, tmp_path):

@@ -7,26 +7,18 @@ command as a subprocess.
 import subprocess
 import sys
 
-import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
-from onnx import numpy_helper
 
 import memplan
 from memplan.cli import main
+from tests.test_cli import save_tiny_onnx
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
-    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
-    w = numpy_helper.from_array(np.random.default_rng(0).random((4, 3), dtype=np.float32), "w")
-    nodes = [oh.make_node("MatMul", ["x", "w"], ["h"], name="fc"), oh.make_node("Relu", ["h"], ["y"], name="act")]
-    model = oh.make_model(oh.make_graph(nodes, "tiny", [x], [y], [w]), opset_imports=[oh.make_opsetid("", 17)])
-    path = tmp_path_factory.mktemp("models") / "tiny.onnx"
-    onnx.save(model, path)
-    return path
+    return save_tiny_onnx(tmp_path_factory.mktemp("models"), rows=2)
 
 
 @pytest.fixture
