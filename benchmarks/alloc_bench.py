@@ -184,7 +184,7 @@ def zoo_instances(quick: bool) -> dict[str, list[Buffer]]:
 
     from memplan import zoo
     from memplan.frontend.torch_export import from_torch
-    from memplan.passes.liveness import liveness
+    from memplan.analysis.liveness import liveness
 
     wanted = [("gpt2-2L", "gpt2", {}), ("bert-2L", "bert", {}), ("resnet50", "resnet50", {}), ("unet", "unet", {})]
     if not quick:

@@ -13,7 +13,7 @@ Usage::
     python benchmarks/onnx_conformance.py --backend my.module:MyBackend --markdown out.md --json out.json
 
 ``--backend`` is ``onnxruntime`` (the :class:`OrtBackend` wrapper below),
-``memplan`` (``memplan.frontend.onnx_backend:MemplanBackend``) or
+``memplan`` (``memplan.testing.onnx_backend:MemplanBackend``) or
 ``module:Class`` for any ``onnx.backend.base.Backend`` subclass.
 
 Options: ``--kinds node,real,...`` (default all five), ``--include REGEX``
@@ -227,7 +227,7 @@ def resolve_backend(spec: str) -> type:
     if spec == "onnxruntime":
         return OrtBackend
     if spec == "memplan":
-        spec = "memplan.frontend.onnx_backend:MemplanBackend"
+        spec = "memplan.testing.onnx_backend:MemplanBackend"
     if ":" not in spec:
         raise SystemExit(f"--backend must be onnxruntime, memplan or module:Class, not {spec!r}")
     module_name, class_name = spec.split(":", 1)

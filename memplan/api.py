@@ -1,20 +1,19 @@
 """The public API: :func:`compile` and :class:`CompiledModule`."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
 from memplan.backends.mkldnn import prepack
-from memplan.backends.pytorch import emit_python, load_python
+from memplan.backends.pytorch import PyTorchBackend, load_python
 from memplan.errors import InputMismatchError, MemplanError, ModelLoadError
 from memplan.ir.graph import Graph
 from memplan.ir.printer import print_graph
 from memplan.ir.types import TensorType
 from memplan.passes import PassContext, run_pipeline
-from memplan.passes.verify_plan import verify_plan
+from memplan.analysis.check import verify_plan
 from memplan.plan import Plan
 from memplan.target import HardwareSpec, load_target
 from memplan.units import parse_bytes
@@ -32,10 +31,9 @@ class CompiledModule:
         self.plan = plan
         self.target = target
         self.log = log
-        # every plan is checked before it runs, whatever made it (without a schedule: graph order)
-        verify_plan(graph, plan if plan.schedule else
-                    dataclasses.replace(plan, schedule=[n.name for n in graph.nodes]), target)
-        self.source = emit_python(graph, plan)
+        # every plan is checked before it runs, whatever made it; the code is printed from the IR alone
+        verify_plan(graph, target)
+        self.source = PyTorchBackend().emit(graph)
         self._run = load_python(self.source, f"memplan_{graph.name}")
         self._weights = prepack(graph)
 
@@ -56,18 +54,18 @@ class CompiledModule:
         if len(args) != len(expected):
             raise InputMismatchError(
                 f"graph {self.graph.name!r} takes {len(expected)} inputs "
-                f"({', '.join(f'%{v.name}: {v.type}' for v in expected)}), got {len(args)}")
+                f"({', '.join('%' + v.name + ': ' + str(v.type.with_space('')) for v in expected)}), got {len(args)}")
         ready = []
         for a, v in zip(args, expected):
             if not isinstance(a, torch.Tensor):
-                raise InputMismatchError(f"input %{v.name} must be a tensor {v.type}, got {type(a).__name__}")
+                raise InputMismatchError(f"input %{v.name} must be a tensor {v.type.with_space('')}, got {type(a).__name__}")
             if a.device.type != "cpu" or a.layout != torch.strided or a.is_quantized:
-                raise InputMismatchError(f"input %{v.name} must be a dense CPU tensor {v.type}, got one on "
+                raise InputMismatchError(f"input %{v.name} must be a dense CPU tensor {v.type.with_space('')}, got one on "
                                          f"device {a.device} with layout {a.layout}")
             got = TensorType.of(a)
             if got.dtype != v.type.dtype or (v.type.is_static and got.shape != v.type.shape) \
                     or len(got.shape) != len(v.type.shape):
-                raise InputMismatchError(f"input %{v.name}: expected {v.type}, got {got}")
+                raise InputMismatchError(f"input %{v.name}: expected {v.type.with_space('')}, got {got}")
             if not a.is_contiguous() or a.storage_offset() < 0:
                 a = a.contiguous()
             ready.append(a)
@@ -118,7 +116,9 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     :class:`~memplan.errors.BudgetInfeasibleError` if no plan fits.
     ``options`` tune passes: ``schedule_method`` (``auto``, ``exact``,
     ``heuristic``, ``baseline``, ...), ``schedule_time_limit`` and
-    ``allocate_time_limit`` (seconds), ``measure_scratch`` (bool).
+    ``allocate_time_limit`` (seconds), ``measure_scratch`` (bool), ``allocation``
+    (``auto``: the lower planned peak of a static storage and of freeing each
+    value at its last use; ``storage`` or ``free`` to force one).
 
     >>> import torch, memplan
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())

@@ -110,6 +110,7 @@ def cmd_lower(args) -> int:
     if "report" in emits:
         _check_report_prerequisites()
     budget = _parse_budget(args.budget)
+    pipeline, options = _pipeline_and_options(args)
 
     from rich.markup import escape
 
@@ -125,7 +126,7 @@ def cmd_lower(args) -> int:
         with console.status(f"lowering {escape(_clip(path.name))}"):
             cm = memplan.compile(path, examples, target=args.target, memory_budget=budget,
                                  dump_ir_after=args.dump_ir_after, dump_dir=dump_dir,
-                                 verify_each=args.verify_each)
+                                 verify_each=args.verify_each, pipeline=pipeline, options=options)
             if "ir" in emits:
                 files[names["ir"]] = cm.ir + "\n"
             if "python" in emits:
@@ -149,6 +150,23 @@ def cmd_lower(args) -> int:
     return 0
 
 
+def _pipeline_and_options(args) -> tuple[list[str] | None, dict]:
+    """``--pipeline`` and ``--option`` checked before any work (names and types)."""
+    import memplan.passes  # noqa: F401  (registers the passes)
+    from memplan.passes.registry import DEFAULT_PIPELINE, check_pipeline, option_passes
+    from memplan.passes.options import check_options, parse_option_text
+
+    pipeline = None
+    if args.pipeline:
+        pipeline = [p.strip() for p in args.pipeline.split(",") if p.strip()]
+        if not pipeline:
+            raise MemplanError("--pipeline: give pass names separated by commas (see `memplan passes`)")
+    check_pipeline(pipeline or DEFAULT_PIPELINE)
+    options = dict(parse_option_text(text) for text in args.option)
+    check_options(option_passes(pipeline or DEFAULT_PIPELINE), options)
+    return pipeline, options
+
+
 def _read_text(path: Path, what: str) -> str:
     """The UTF-8 text of ``path``, bounded; a one-line error naming the file if it is not."""
     return read_text(path, 4 * MAX_TEXT_CHARS, IRParseError, what)
@@ -164,10 +182,13 @@ def _check_input_file(path: Path) -> None:
 
 
 def cmd_show(args) -> int:
+    from rich.markup import escape
+
+    from memplan.analysis.check import verify_plan
+    from memplan.analysis.liveness import liveness
     from memplan.ir.parser import parse
     from memplan.ir.types import eval_bytes
     from memplan.ir.verify import verify
-    from memplan.passes.liveness import liveness
     from memplan.passes.verify_plan import check_plan
     from memplan.plan import Plan
     from memplan.units import format_bytes
@@ -189,13 +210,16 @@ def cmd_show(args) -> int:
             graph = parse(_read_text(ir_path, "IR text (.mir)"))
             verify(graph)
             check_plan(graph, plan)
-            console.print(f"[green]plan re-verified[/green] against {ir_path}")
+            console.print(f"[green]plan re-verified[/green]: the planned IR {escape(str(ir_path))} checks on its own "
+                          "and this plan is its report", soft_wrap=True)
         else:
-            console.print(f"(no IR file {ir_path.name} beside the plan: schedule not re-verified)")
+            console.print(f"(no IR file {ir_path.name} beside the plan: nothing to re-verify; the plan is a report "
+                          "of a planned .mir)")
         return 0
     graph = parse(_read_text(path, "IR text (.mir) or a plan (.plan.json)"))
     verify(graph)
-    live = liveness(graph)
+    planned = bool(graph.storages) or any(v.alloc is not None for v in graph.values())
+    check = verify_plan(graph) if planned else None
     if not args.quiet:
         print(str(graph))
     from rich.table import Table
@@ -205,11 +229,45 @@ def cmd_show(args) -> int:
     table.add_row("nodes", str(len(graph.nodes)))
     table.add_row("inputs", str(len(graph.inputs)))
     table.add_row("params", f"{len(graph.params)} ({format_bytes(sum(eval_bytes(p.nbytes) for p in graph.params))})")
-    table.add_row("activation peak (graph order)", format_bytes(live.peak_bytes))
+    if check is not None:
+        for tier, peak in check.peak_bytes.items():
+            table.add_row(f"planned peak in {tier}", f"{format_bytes(peak)} (storage "
+                          f"{format_bytes(check.storage_bytes.get(tier, 0))})")
+        kinds = Counter(v.alloc.kind for v in graph.values() if v.alloc is not None)
+        table.add_row("values in a slot / own / kernel-owned",
+                      f"{kinds.get('slot', 0)} / {kinds.get('own', 0)} / {kinds.get('kernel', 0)}")
+        if graph.attrs.get("memory_budget") is not None:
+            table.add_row("memory budget", format_bytes(graph.attrs["memory_budget"]))
+    else:
+        table.add_row("activation peak (graph order)", format_bytes(liveness(graph).peak_bytes))
     for op, n in Counter(n.op for n in graph.nodes).most_common(8):
         table.add_row(f"  {op}", str(n))
     console.print(table)
-    console.print("[green]IR verified[/green]")
+    console.print("[green]planned IR verified[/green]" if check is not None else "[green]IR verified[/green]")
+    return 0
+
+
+def cmd_passes(args) -> int:
+    import dataclasses
+    import typing
+
+    from rich.table import Table
+
+    from memplan.passes import DEFAULT_PIPELINE, PASSES
+    from memplan.passes.options import describe_type, option_fields
+
+    table = Table(title="memplan passes (default pipeline: " + " → ".join(DEFAULT_PIPELINE) + ")")
+    for col in ("pass", "what it does", "options (type = default)", "requires / produces"):
+        table.add_column(col)
+    for name in [*DEFAULT_PIPELINE, *sorted(set(PASSES) - set(DEFAULT_PIPELINE))]:
+        p = PASSES[name]
+        hints = typing.get_type_hints(p.options) if p.options is not None else {}
+        opts = "\n".join(f"{f.name}: {describe_type(hints[f.name])} = "
+                         f"{f.default if f.default is not dataclasses.MISSING else ''}"
+                         for f in option_fields(p.options)) or "-"
+        flow = f"{', '.join(p.requires) or '-'} / {', '.join(p.produces) or '-'}"
+        table.add_row(name, p.doc, opts, flow)
+    _console().print(table)
     return 0
 
 
@@ -257,7 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("--input-shape", default=None, metavar="x=1x3x224x224,...",
                        help="concrete shapes for inputs with symbolic dims")
     lower.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    lower.add_argument("--pipeline", default=None, metavar="PASS,PASS,...",
+                       help="the passes to run, in order (default: the standard pipeline; see `memplan passes`)")
+    lower.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a pass option (repeatable), e.g. --option allocation=storage; see `memplan passes`")
     lower.set_defaults(func=cmd_lower)
+    passes = sub.add_parser("passes", help="list the passes, their options and the default pipeline")
+    passes.set_defaults(func=cmd_passes)
+
     show = sub.add_parser("show", help="pretty-print and re-verify an IR (.mir) or plan (.plan.json) file")
     show.add_argument("file")
     show.add_argument("-q", "--quiet", action="store_true", help="summary only, not the IR text")

@@ -1,8 +1,11 @@
-"""The Plan: everything the pipeline decides, as plain data (JSON round-trip).
+"""The Plan: the report of a planned IR, as plain data (JSON round-trip).
 
-See ``shared/DESIGN.md``: ``schedule`` (node order), ``fusion``, ``tiling``,
-``placement``, ``allocation`` (per tier: buffer -> byte offset) and
-``stats`` (peaks, lower bound, per-pass and per-solve timings).
+The planned graph is the plan (``docs/planned-ir.md``); a :class:`Plan` is
+derived from it (:meth:`Plan.from_graph`) plus the solver records: ``schedule``
+(the node order), ``placement`` (value -> tier, ``own`` or ``kernel``),
+``allocation`` (per tier: value -> byte offset in that tier's storage) and
+``stats`` (peaks per tier, lower bounds, per-pass and per-solve figures).
+Nothing reads a Plan to run a model: the backend prints the planned IR.
 """
 from __future__ import annotations
 
@@ -29,6 +32,48 @@ class Plan:
     placement: dict[str, str] = field(default_factory=dict)
     allocation: dict[str, dict[str, int]] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+
+    @staticmethod
+    def from_graph(graph, check, records: dict | None = None, target: str = "") -> "Plan":
+        """The report of planned ``graph``: ``check`` is what :func:`~memplan.analysis.check.verify_plan`
+        found on it; ``records`` the planning passes' figures (solver statuses, bounds, timings)."""
+        from memplan.ir.graph import SLOT
+        records = dict(records or {})
+        records.pop("check", None)
+        stats = dict(records.pop("stats", {}))
+        allocation: dict[str, dict[str, int]] = {}
+        placement: dict[str, str] = {}
+        for v in graph.values():
+            if v.alloc is None or v.producer is None:
+                continue
+            if v.alloc.kind == SLOT:
+                tier = graph.storages[v.alloc.storage].tier
+                allocation.setdefault(tier, {})[v.name] = v.alloc.offset
+                placement[v.name] = tier
+            else:
+                placement[v.name] = v.alloc.kind
+        for tier in allocation:
+            allocation[tier] = dict(sorted(allocation[tier].items(), key=lambda kv: kv[1]))
+        main = check.main_tier
+        outside = check.outside_profile.get(main, [0])
+        scratch = {n.name: n.scratch for n in graph.nodes if n.scratch}
+        derived = {
+            "planned_peak_bytes": check.planned_peak_bytes,
+            "arena_bytes": check.storage_bytes.get(main, 0),
+            "outside_arena_bytes": max(outside, default=0),
+            "resident_bytes": check.resident_bytes.get(main, 0),
+            "memory_budget": graph.attrs.get("memory_budget"),
+            "scratch_bytes": scratch,
+            "buffers": {name: [a, b + 1, size] for name, (a, b, size) in check.live_ranges.items()
+                        if name in placement and placement[name] not in ("own", "kernel")},
+            "peaks_per_tier": dict(check.peak_bytes),
+        }
+        stats.update(derived)
+        if records.get("pass_seconds"):
+            stats["pass_seconds"] = dict(records["pass_seconds"])
+        return Plan(graph=graph.name, target=target or str(graph.attrs.get("target", "")),
+                    schedule=[n.name for n in graph.nodes], placement=placement, allocation=allocation,
+                    stats=stats)
 
     # ---- serialisation ----------------------------------------------------
     def to_dict(self) -> dict:
@@ -74,9 +119,12 @@ class Plan:
         s = self.stats
         lines = [f"plan for graph {self.graph!r} on target {self.target!r}: {len(self.schedule)} steps"]
         if "planned_peak_bytes" in s:
-            lines.append(f"  planned peak            : {format_bytes(s['planned_peak_bytes'])} = arena "
-                         f"{format_bytes(s['arena_bytes'])} + outside the arena "
-                         f"{format_bytes(s['outside_arena_bytes'])} (outputs, scratch)")
+            lines.append(f"  planned peak            : {format_bytes(s['planned_peak_bytes'])} = storage "
+                         f"{format_bytes(s['arena_bytes'])} + outside it "
+                         f"{format_bytes(s['outside_arena_bytes'])} (outputs, kernel-owned values, scratch)")
+        if "free_at_last_use_peak_bytes" in s:
+            lines.append(f"  free-at-last-use peak   : {format_bytes(s['free_at_last_use_peak_bytes'])} "
+                         "(every value allocated by its kernel, freed at its last use: eager's behaviour)")
         if "peak_bytes" in s:
             lines.append(f"  live-bytes peak of order: {format_bytes(s['peak_bytes'])} "
                          f"(at step {s.get('peak_step')}, {s.get('peak_node', '')})")
@@ -251,8 +299,9 @@ STATS_FIELDS = {
     "solves": _list_of(_record({"pass": _str, "method": _str, "status": _str, "objective": _number,
                                 "bound": _number, "gap": _number, "wall_s": _number})),
     "arena_bytes": _bytes, "arena_lower_bound_bytes": _bytes, "outside_arena_bytes": _bytes,
-    "planned_peak_bytes": _bytes, "memory_budget": _optional_bytes,
+    "planned_peak_bytes": _bytes, "memory_budget": _optional_bytes, "free_at_last_use_peak_bytes": _bytes,
     "buffers": _dict_of(_buffer_triple), "pass_seconds": _dict_of(_number), "joint": _dict_of(_anything),
+    "peaks_per_tier": _dict_of(_bytes),
 }
 
 PLAN_FIELDS = {

@@ -9,7 +9,7 @@ from memplan.ir.ops import infer_types, lookup
 from memplan.ir.parser import parse
 from memplan.ir.printer import print_graph
 from memplan.ir.verify import verify
-from memplan.passes.liveness import liveness
+from memplan.analysis.liveness import liveness
 
 UNARY = ["aten.relu.default", "aten.neg.default", "aten.tanh.default", "aten.sigmoid.default"]
 BINARY = ["aten.add.Tensor", "aten.mul.Tensor", "aten.sub.Tensor", "aten.maximum.default"]

@@ -11,9 +11,11 @@ returned) are compiled with memplan and checked against eager:
   (no weight was overwritten);
 - an output shares storage with an input or a parameter only where eager's does,
   and two outputs share storage only where eager's do;
-- the planned IR never has a node read, through any alias, the bytes it overwrites
-  (other than through the argument it is allowed to write over), and
-  ``verify_plan`` rejects hand-made plans that do.
+- the planned IR never has a node read, through any alias or overlapping slot, the bytes
+  it overwrites (other than through the argument it is allowed to write over);
+- ``verify_plan`` accepts every planned graph the pipeline makes (with the planned peak the
+  report states) and rejects each fault injected into a copy of it, and hand-made planned
+  graphs that overwrite what a node still reads.
 """
 from __future__ import annotations
 
@@ -29,14 +31,15 @@ from memplan.api import lower
 from memplan.errors import PlanVerificationError
 from memplan.ir import Graph, TensorType
 from memplan.ir.custom_ops import INPLACE_ARGS, MKLDNN_CONV2D_ADD
-from memplan.ir.graph import Value
+from memplan.ir.graph import KERNEL, SLOT, Alloc, Value
 from memplan.ir.ops import OpKind, is_view, lookup
 from memplan.passes.mkldnn_conv import available as mkldnn_available
 from memplan.passes.verify_plan import verify_plan
-from memplan.plan import Plan
 
 H = W = 6
-OPTION_SETS = [{"measure_scratch": False}, {"measure_scratch": False, "conv_kernel": "aten"}]
+OPTION_SETS = [{"measure_scratch": False}, {"measure_scratch": False, "conv_kernel": "aten"},
+               {"measure_scratch": False, "allocation": "storage"}]  # slots to check (auto often frees)
+OPTION_IDS = ["default", "aten", "storage"]
 UNARY = ("relu", "sigmoid", "neg", "tanh")
 BINARY = ("add", "mul", "sub")
 VIEWS = ("flatten", "reshape", "view", "transpose", "permute")
@@ -283,23 +286,22 @@ def _positional_values(node):
                     yield None, item
 
 
-def assert_never_reads_what_it_overwrites(graph: Graph, plan: Plan) -> None:
-    """No node reads (through any view, in-place alias or overlapping arena slot) the bytes it
-    writes, other than the one argument it may write over: the exact value ``reuses`` names, at any
-    position for an elementwise op, at the positions ``INPLACE_ARGS`` lists for others."""
+def assert_never_reads_what_it_overwrites(graph: Graph) -> None:
+    """No node of planned ``graph`` reads (through any view, in-place alias or overlapping slot of a
+    storage) the bytes it writes, other than the one argument it may write over: the exact value
+    ``reuses`` names, at any position for an elementwise op, at the positions ``INPLACE_ARGS`` lists
+    for others."""
     root = {v.name: v.name for v in graph.values()}
     for n in graph.nodes:  # storage roots, derived here independently of memplan's passes
         if n.reuses is not None:
-            root[n.outputs[0].name] = root[n.reuses]
+            root[n.outputs[0].name] = root[n.reuses.name]
         elif is_view(n.op) and n.inputs:
             for v in n.outputs:
                 root[v.name] = root[n.inputs[0].name]
     slot = {}
-    for tier, offsets in plan.allocation.items():
-        for name, off in offsets.items():
-            v = graph.value(name)
-            slot[name] = (tier, off, off + int(v.type.nbytes))
-    nodes = {n.name: n for n in graph.nodes}
+    for v in graph.values():
+        if v.alloc is not None and v.alloc.kind == SLOT:
+            slot[v.name] = (v.alloc.storage, v.alloc.offset, v.alloc.offset + int(v.type.nbytes))
 
     def overlap(r1, r2):
         if r1 == r2:
@@ -310,10 +312,10 @@ def assert_never_reads_what_it_overwrites(graph: Graph, plan: Plan) -> None:
             return t1 == t2 and lo1 < hi2 and lo2 < hi1 and hi1 > lo1 and hi2 > lo2
         return False
 
-    for step, name in enumerate(plan.schedule):
-        node = nodes[name]
+    for step, node in enumerate(graph.nodes):  # the node order is the schedule
+        name = node.name
         if node.reuses is not None:
-            written = [root[node.reuses]]
+            written = [root[node.reuses.name]]
             if node.op in INPLACE_ARGS:
                 allowed = set(INPLACE_ARGS[node.op])
             elif lookup(node.op).kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST):
@@ -326,7 +328,7 @@ def assert_never_reads_what_it_overwrites(graph: Graph, plan: Plan) -> None:
             written = [v.name for v in node.outputs if root[v.name] == v.name]
             allowed = set()
         for pos, v in _positional_values(node):
-            if pos in allowed and v.name == node.reuses:
+            if pos in allowed and v is node.reuses:
                 continue
             for w in written:
                 assert not overlap(root[v.name], w), (
@@ -346,7 +348,7 @@ def _model(recipe, seed):
     return RecipeModel(recipe).eval()
 
 
-def _compile_both(model, example):
+def _compile_each(model, example):
     """memplan under each option set; the model is captured once (capture dominates the time)."""
     graph = lower(model, tuple(example))
     for i, options in enumerate(OPTION_SETS):
@@ -354,16 +356,73 @@ def _compile_both(model, example):
         yield options, memplan.compile(g, options=options)
 
 
+def injected_faults(graph: Graph):
+    """``(fault, match, broken)``: copies of planned ``graph``, each with one fault injected where the
+    graph has what it takes: a reader moved before its producer, a read of a value after an
+    in-place node overwrote it, a value that owns bytes left without an allocation, two values live
+    at once put in the same slot, a graph output put in the storage, a budget below the peak."""
+    check = verify_plan(graph)
+    nodes = graph.nodes
+    reader = next((i for i, n in enumerate(nodes) if any(v.producer is not None for v in n.inputs)), None)
+    if reader is not None:
+        g = copy.deepcopy(graph)
+        node = g.nodes[reader]
+        producer = min(g.nodes.index(v.producer) for v in node.inputs if v.producer is not None)
+        order = [n for n in g.nodes if n is not node]
+        g.reorder(order[:producer] + [node] + order[producer:])
+        yield "reader before producer", "before it is produced", g
+    inplace = next((i for i, n in enumerate(nodes) if n.reuses is not None), None)
+    if inplace is not None:
+        g = copy.deepcopy(graph)
+        reused = g.nodes[inplace].reuses
+        (late,) = g.add_node("aten.neg.default", (reused,), {}, [reused.type])  # read after the overwrite
+        late.alloc = Alloc(KERNEL) if check.planned else None
+        yield "read after in-place", "overwrote its storage in place", g
+    owners = [v.name for n in nodes for v in n.outputs if v.alloc is not None]
+    if len(owners) > 1 or (owners and graph.storages):  # (with no allocation left, the graph is unplanned:
+        owner = owners[-1]                              # checked as the free-at-last-use run, and sound)
+        g = copy.deepcopy(graph)
+        g.value(owner).alloc = None
+        yield "no allocation", "has no allocation", g
+    slots = [v.name for n in nodes for v in n.outputs if v.alloc is not None and v.alloc.kind == SLOT]
+    ranges = check.live_ranges
+    size = {name: int(graph.value(name).nbytes) for name in slots}
+    pair = next(((a, b) for a in slots for b in slots if a != b and 0 < size[b] <= size[a]
+                 and ranges[a][0] <= ranges[b][0] <= ranges[a][1]), None)
+    if pair is not None:
+        g = copy.deepcopy(graph)
+        a, b = (g.value(name) for name in pair)
+        b.alloc = Alloc(SLOT, a.alloc.storage, a.alloc.offset, b.alloc.strides)
+        yield "overlapping slots", "overlaps", g
+    if graph.storages:
+        out = next((v.name for v in graph.outputs if v.alloc is not None and v.alloc.kind != SLOT), None)
+        if out is not None:
+            g = copy.deepcopy(graph)
+            v = g.value(out)
+            v.alloc = Alloc(SLOT, next(iter(g.storages)), 0, v.alloc.strides)
+            yield "output in the storage", "lives in storage", g
+    if check.planned_peak_bytes > 0:
+        g = copy.deepcopy(graph)
+        g.attrs["memory_budget"] = check.planned_peak_bytes - 1
+        yield "budget below the peak", "exceeds the memory budget", g
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recipes(), st.integers(0, 2 ** 16))
 def test_random_models_match_eager(recipe, seed):
-    """Per compiled graph: ``verify_plan`` passes, no node reads the bytes it overwrites, and the
-    outputs match eager's with no aliasing eager does not have."""
+    """Per compiled graph: ``verify_plan`` passes (and finds the planned peak the report states),
+    rejects each fault injected into a copy, no node reads the bytes it overwrites, and the outputs
+    match eager's with no aliasing eager does not have."""
     model = _model(recipe, seed)
-    for options, cm in _compile_both(model, _inputs(recipe, seed)):
+    for options, cm in _compile_each(model, _inputs(recipe, seed)):
         what = f"options={options}\n{describe(recipe)}\n"
-        verify_plan(cm.graph, cm.plan, cm.target)
-        assert_never_reads_what_it_overwrites(cm.graph, cm.plan)
+        check = verify_plan(cm.graph, cm.target)
+        assert check.planned_peak_bytes == cm.plan.stats["planned_peak_bytes"], what
+        for fault, match, broken in injected_faults(cm.graph):
+            with pytest.raises(PlanVerificationError, match=match):
+                verify_plan(broken, cm.target)
+                pytest.fail(f"{what}verify_plan accepts {fault}:\n{broken}")
+        assert_never_reads_what_it_overwrites(cm.graph)
         check_against_eager(model, _inputs(recipe, seed + 1), cm, what)
 
 
@@ -395,13 +454,14 @@ RESIDUALS = {
 }
 
 
-@pytest.mark.parametrize("options", OPTION_SETS, ids=["default", "aten"])
+@pytest.mark.parametrize("options", OPTION_SETS, ids=OPTION_IDS)
 @pytest.mark.parametrize("name", list(RESIDUALS))
 def test_residual_conv_add_matches_eager(name, options):
     model = Residual(**RESIDUALS[name]).eval()
     cm = memplan.compile(model, (torch.randn(1, 4, H, W),), options=options)
     check_against_eager(model, [torch.randn(1, 4, H, W)], cm, f"{name} {options}")
-    assert_never_reads_what_it_overwrites(cm.graph, cm.plan)
+    verify_plan(cm.graph, cm.target)
+    assert_never_reads_what_it_overwrites(cm.graph)
 
 
 class TwoResiduals(nn.Module):
@@ -429,12 +489,12 @@ def test_verify_plan_rejects_conv_add_overwriting_its_own_input():
     """Hand-made fault: the fused conv+add writes over the convolution's input ``a`` (position 0)."""
     cm = memplan.compile(TwoResiduals().eval(), (torch.randn(1, 4, H, W),), options={"measure_scratch": False})
     node = _conv_add_node(cm)
-    verify_plan(cm.graph, cm.plan)  # as planned: sound
+    verify_plan(cm.graph)  # as planned: sound
     a = node.args[0]
-    assert a.name != node.args[7].name
-    node.reuses = a.name
-    with pytest.raises(PlanVerificationError):
-        verify_plan(cm.graph, cm.plan)
+    assert a is not node.args[7] and node.reuses is node.args[7]
+    node.reuses = a
+    with pytest.raises(PlanVerificationError, match="in place"):
+        verify_plan(cm.graph)
 
 
 @pytest.mark.skipif(not mkldnn_available(), reason="needs oneDNN")
@@ -448,9 +508,11 @@ def test_verify_plan_rejects_conv_add_reading_the_residual_it_overwrites():
     node = fused[0]
     h = node.args[7]
     node.args = (h, *node.args[1:])  # the convolution reads the residual it overwrites
-    node.reuses = h.name
-    with pytest.raises(PlanVerificationError):
-        verify_plan(cm.graph, cm.plan)
+    node.reuses = h
+    for v in node.outputs:
+        v.alloc = None  # an in-place result owns no bytes: only the overwrite is at fault
+    with pytest.raises(PlanVerificationError, match="in place while reading"):
+        verify_plan(cm.graph)
 
 
 def test_verify_plan_rejects_elementwise_reading_another_alias_it_overwrites():
@@ -463,11 +525,10 @@ def test_verify_plan_rejects_elementwise_reading_another_alias_it_overwrites():
     (b,) = g.add_node("aten.add.Tensor", (a, t), {}, [f])
     (y,) = g.add_node("aten.neg.default", (b,), {}, [f])
     g.outputs = [y]
-    plan = Plan(graph="alias", target="cpu", schedule=[n.name for n in g.nodes])
-    verify_plan(g, plan)
-    g.nodes[2].reuses = a.name
-    with pytest.raises(PlanVerificationError):
-        verify_plan(g, plan)
+    verify_plan(g)  # unplanned: checked as the free-at-last-use run
+    g.nodes[2].reuses = a
+    with pytest.raises(PlanVerificationError, match=r"overwrites %relu in place while reading %t"):
+        verify_plan(g)
 
 
 def test_verify_plan_rejects_reading_a_value_after_it_was_overwritten():
@@ -479,8 +540,7 @@ def test_verify_plan_rejects_reading_a_value_after_it_was_overwritten():
     (b,) = g.add_node("aten.relu.default", (a,), {}, [f])
     (y,) = g.add_node("aten.add.Tensor", (b, a), {}, [f])
     g.outputs = [y]
-    plan = Plan(graph="late", target="cpu", schedule=[n.name for n in g.nodes])
-    verify_plan(g, plan)
-    g.nodes[1].reuses = a.name
-    with pytest.raises(PlanVerificationError):
-        verify_plan(g, plan)
+    verify_plan(g)
+    g.nodes[1].reuses = a
+    with pytest.raises(PlanVerificationError, match=r"reads %neg after node relu overwrote its storage"):
+        verify_plan(g)

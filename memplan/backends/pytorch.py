@@ -1,8 +1,9 @@
-"""PyTorch backend: Plan → a readable Python module of aten calls.
+"""PyTorch backend: the planned IR printed as a readable Python module of aten calls.
 
-The emitted function runs the plan's schedule, one statement per step, each
-traced to its source op and module in a comment, and drops every value at
-its last use (``del``) so that no activation outlives its plan interval.
+The emitted function runs the nodes in their order, one statement per step,
+each traced to its source op and module in a comment, writes into the slots
+and buffers the IR allocates, and drops every value outside a storage at its
+last use (``del``) so that no activation outlives its planned interval.
 
 >>> import torch, memplan
 >>> cm = memplan.compile(torch.nn.Linear(4, 2), (torch.randn(3, 4),))
@@ -18,19 +19,18 @@ import linecache
 
 
 from memplan.backends.bindings import fast_binding
-from memplan.ir.graph import Graph, Value, iter_leaves
-from memplan.ir.ops import lookup, out_variant
+from memplan.ir.graph import OWN, SLOT, Graph, Value, iter_leaves
+from memplan.backends.pytorch_kernels import out_variant
+from memplan.ir.ops import lookup
 from memplan.ir.types import DTYPES
-from memplan.passes.layout import eager_strides, slot_strides
 from memplan.ir.printer import format_arguments
+from memplan.ir.regions import GROUP, LOOP, REGION_OPS, loop_spec
 from memplan.plan import Plan
 from memplan.units import format_bytes
 
-_ARENA = "arena"
 # every name the emitted module binds or reads besides the values: a value may never take one
-_RESERVED = frozenset({"torch", "aten", "memplan_ops", "weights", "run", "inf", "nan", _ARENA}
-                      | {f"{_ARENA}_{dt}" for dt in DTYPES} | set(dir(builtins)) | set(keyword.kwlist)
-                      | set(getattr(keyword, "softkwlist", ())))
+_RESERVED = frozenset({"torch", "aten", "memplan_ops", "weights", "run", "inf", "nan"}
+                      | set(dir(builtins)) | set(keyword.kwlist) | set(getattr(keyword, "softkwlist", ())))
 _counter = itertools.count()
 _COMMENT_LIMIT = 160
 
@@ -69,7 +69,7 @@ class _Names:
     def __call__(self, v: Value) -> str:
         if v.name not in self.map:
             base = identifier(v.name)
-            if base in _RESERVED or base.startswith("__"):
+            if base in _RESERVED or base.startswith(("__", "storage_", "region_", "trip_")) or base == "t":
                 base = "v_" + base
             name, i = base, 1
             while name in self.used:
@@ -84,62 +84,102 @@ def _short_op(name: str) -> str:
     return name[: -len(".default")] if name.endswith(".default") else name
 
 
-def emit_python(graph: Graph, plan: Plan) -> str:
-    """Python source of ``run(weights, *inputs)`` executing ``plan`` on ``graph``.
+def emit_python(graph: Graph, plan: Plan | None = None) -> str:
+    """Python source of ``run(weights, *inputs)``: the planned IR ``graph`` printed as code.
 
-    With an allocation in the plan, every intermediate lives in one arena
-    allocated per run (``torch.empty(arena_bytes, dtype=torch.uint8)``): each
-    op writes into its planned slot through its aten ``out=`` variant, or, if
-    it has none, its result is copied into the slot (the plan counts that
-    result as scratch of the step). Graph outputs are allocated on their own
-    so they never pin or alias the arena. Without an allocation, values are
-    dropped at their last use instead.
+    The IR alone decides (``plan`` is accepted for callers of the old signature and ignored): the
+    node order is the order of the statements; each storage is one ``torch.empty`` of its bytes,
+    allocated per run; a value with a ``slot`` is a view of its storage at its offset with its
+    strides, written by its op's ``out=`` form; a value with its ``own`` buffer (a graph output) is
+    allocated with its strides just before the op writes it; a kernel-owned value (or any value of
+    an unplanned graph) is the op's own result. Values outside the storages are dropped (``del``)
+    at their last use, so each lives exactly its planned interval.
     """
     _check_emittable(graph)
-    names = _Names()
-    by_name = {n.name: n for n in graph.nodes}
-    order = plan.schedule or [n.name for n in graph.nodes]
-    offsets = {name: off for tier in plan.allocation.values() for name, off in tier.items()}
-    use_arena = bool(plan.allocation)
-
-    s = plan.stats
-    lines = [f"# memplan: graph {comment_text(graph.name)} on target {comment_text(plan.target)}, {len(order)} steps"]
-    if "planned_peak_bytes" in s:
-        lines.append(f"# planned peak {format_bytes(s['planned_peak_bytes'])}: arena "
-                     f"{format_bytes(s['arena_bytes'])} + outputs and scratch {format_bytes(s['outside_arena_bytes'])}; "
-                     f"inputs + weights {format_bytes(s.get('resident_bytes', 0))}")
-    elif "peak_bytes" in s:
-        lines.append(f"# planned activation peak {format_bytes(s['peak_bytes'])}; "
-                     f"inputs + weights {format_bytes(s.get('resident_bytes', 0))}")
+    check = _plan_check(graph)
+    target = graph.attrs.get("target")
+    lines = [f"# memplan: graph {comment_text(graph.name)}"
+             f"{' on target ' + comment_text(target) if target else ''}, {len(graph.nodes)} steps"]
+    if check is not None:
+        main = check.main_tier
+        lines.append(f"# planned peak {format_bytes(check.planned_peak_bytes)}: storage "
+                     f"{format_bytes(check.storage_bytes.get(main, 0))} + values outside it and scratch "
+                     f"{format_bytes(max(check.outside_profile.get(main, [0])))}; inputs + weights "
+                     f"{format_bytes(check.resident_bytes.get(main, 0))}")
     lines += ["from math import inf, nan", "", "import torch", "", "aten = torch.ops.aten", "", ""]
+    functions: list[list[str]] = []
+    main_fn = _function(graph, "run", functions, weights=True)
+    for fn in functions:
+        lines += fn + ["", ""]
+    lines += main_fn
+    return "\n".join(lines) + "\n"
+
+
+def _function(graph: Graph, fname: str, functions: list[list[str]], *, weights: bool) -> list[str]:
+    """The lines of ``def fname(...)`` running ``graph``; the body of each region node becomes a
+    function of its own, appended to ``functions`` (inner ones first)."""
+    names = _Names()
     params = ", ".join(names(v) for v in graph.inputs)
-    lines.append(f"def run(weights{', ' if params else ''}{params}):")
+    head = f"weights{', ' if params else ''}{params}" if weights else params
+    lines = [f"def {fname}({head}):"]
     body = [f"{names(p)} = weights[{p.name!r}]" for p in graph.params]
-    if use_arena:
-        body += _arena_prologue(graph, offsets, s.get("arena_bytes", 0))
-        freed_at = {}
-        strides = eager_strides(graph)
-    else:
-        freed_at = _last_uses(graph, order, by_name)
-    value_by_name = {v.name: v for v in graph.values()}
-    for step, node_name in enumerate(order):
-        node = by_name[node_name]
+    body += _storage_prologue(graph)
+    freed_at = _last_uses(graph)
+    for step, node in enumerate(graph.nodes):
         origin = ", ".join(x for x in (_short_op(node.source_op or node.op), node.source) if x)
         comment = f"  # {step}: from {comment_text(origin)}"
+        if node.recomputes is not None:
+            comment += f" (recomputes %{comment_text(node.recomputes.name)})"
         if node.reuses is not None:
             body += _inplace_step(node, names, comment)
-        elif use_arena:
-            body += _arena_step(node, names, offsets, strides, comment)
+        elif node.op in REGION_OPS:
+            region = f"region_{len(functions)}_{identifier(node.name)}"
+            functions.append(_function(node.subgraph, region, functions, weights=False))
+            body += _region_step(node, names, region, comment)
         else:
-            body.append(f"{_targets(node, names)} = {_call(node, names)}{comment}")
-        dead = [names(value_by_name[d]) for d in sorted(freed_at.get(step, []))
-                if value_by_name[d].kind != "param"]
+            body += _step(graph, node, names, comment)
+        dead = [names(v) for v in freed_at.get(step, [])]
         if dead:
             body.append(f"del {', '.join(dead)}")
     rets = [names(v) for v in graph.outputs]
-    body.append(f"return {rets[0]}" if len(rets) == 1 else f"return ({''.join(r + ', ' for r in rets)})")
-    lines += ["    " + b for b in body]
-    return "\n".join(lines) + "\n"
+    body.append("return ()" if not rets else f"return {rets[0]}" if len(rets) == 1 else
+                f"return ({''.join(r + ', ' for r in rets)})")
+    return lines + ["    " + b for b in body]
+
+
+def _region_step(node, names, region: str, comment: str) -> list[str]:
+    """A group calls its body's function once (its results are its outputs); a loop runs it once per
+    trip on views of its inputs and writes each trip's results into its output buffers."""
+    args = [names(v) for v in node.args]
+    if node.op == GROUP:
+        return [f"{_targets(node, names)} = {region}({', '.join(args)}){comment}"]
+    spec = loop_spec(node)
+    lines = [f"{names(v)} = {_buffer(v)}" for v in node.outputs]
+    tiles = [a if s.kind == "full" else f"{a}.narrow({s.dim}, t * {s.step}, {s.size})"
+             for a, s in zip(args, spec.inputs)]
+    results = [f"trip_{j}" for j in range(len(node.outputs))]
+    lines.append(f"for t in range({spec.trips}):{comment} (tiled loop)")
+    lines.append(f"    {', '.join(results)} = {region}({', '.join(tiles)})")
+    for v, r, combine, body_out in zip(node.outputs, results, spec.outputs, node.subgraph.outputs):
+        out = names(v)
+        if combine.kind == "concat":
+            n = int(body_out.type.shape[combine.dim])
+            lines.append(f"    {out}.narrow({combine.dim}, t * {n}, {n}).copy_({r})")
+        else:
+            lines.append(f"    if t == 0:")
+            lines.append(f"        {out}.copy_({r})")
+            lines.append(f"    else:")
+            lines.append(f"        {out}.add_({r})")
+    lines.append(f"    del {', '.join(results)}")
+    return lines
+
+
+def _plan_check(graph: Graph):
+    """The checker's figures of a planned graph (None for a graph with no allocation)."""
+    if not graph.storages and not any(v.alloc is not None for v in graph.values()):
+        return None
+    from memplan.analysis.check import verify_plan
+    return verify_plan(graph)
 
 
 def _check_emittable(graph: Graph) -> None:
@@ -157,6 +197,8 @@ def _check_emittable(graph: Graph) -> None:
             if isinstance(leaf, sympy.Basic):
                 raise MemplanError(f"node {node.name} ({node.op}) has the symbolic argument {comment_text(leaf)}: "
                                    "the PyTorch backend emits concrete values only")
+        if node.subgraph is not None:
+            _check_emittable(node.subgraph)
 
 
 def _call(node, names, op: str | None = None, outs: dict[str, Value] | None = None) -> str:
@@ -179,74 +221,108 @@ def _targets(node, names) -> str:
     return outs[0] if (len(outs) == 1 and not _returns_sequence(opdef)) else ", ".join(outs) + ","
 
 
-def _last_uses(graph, order, by_name) -> dict[int, list[str]]:
+def _last_uses(graph: Graph) -> dict[int, list[Value]]:
+    """Step -> values to drop after it: every name of a value not living in a storage, at its own last
+    use (a storage's bytes stay allocated; its views need no ``del``). Graph outputs and weights stay."""
+    in_storage = _in_storage(graph)
     last_use: dict[str, int] = {}
-    for step, node_name in enumerate(order):
-        node = by_name[node_name]
+    values: dict[str, Value] = {}
+    for step, node in enumerate(graph.nodes):
         for v in node.inputs:
             last_use[v.name] = step
+            values[v.name] = v
         for v in node.outputs:
             last_use.setdefault(v.name, step)
-    keep = {v.name for v in graph.outputs}
-    freed_at: dict[int, list[str]] = {}
+            values[v.name] = v
+    keep = {v.name for v in graph.outputs} | {v.name for v in graph.params}
+    freed_at: dict[int, list[Value]] = {}
     for name, step in last_use.items():
-        if name not in keep:
-            freed_at.setdefault(step, []).append(name)
+        if name not in keep and name not in in_storage:
+            freed_at.setdefault(step, []).append(values[name])
+    for step in freed_at:
+        freed_at[step].sort(key=lambda v: v.name)
     return freed_at
 
 
-def _arena_view(dtype: str) -> str:
-    return f"{_ARENA}_{dtype}"
+def _in_storage(graph: Graph) -> set[str]:
+    """Names of the values whose bytes are in a storage (slots, and their views and in-place results)."""
+    out: set[str] = set()
+    for node in graph.nodes:
+        for v in node.outputs:
+            if v.alloc is not None and v.alloc.kind == SLOT:
+                out.add(v.name)
+        base = node.reuses if node.reuses is not None else (
+            node.inputs[0] if node.inputs and lookup(node.op, node=node.name).view else None)
+        if base is not None and base.name in out:
+            out.update(v.name for v in node.outputs)
+    return out
 
 
-def _arena_prologue(graph, offsets, arena_bytes) -> list[str]:
-    dtypes = sorted({v.type.dtype for v in graph.values() if v.name in offsets})
-    lines = [f"{_ARENA} = torch.empty({arena_bytes}, dtype=torch.uint8)  # the planned arena: "
-             f"{format_bytes(arena_bytes)}"]
-    for dt in dtypes:
-        lines.append(f"{_arena_view(dt)} = {_ARENA}.view({DTYPES[dt]})")
+def _storage_view(storage: str, dtype: str) -> str:
+    return f"{storage}_{dtype}"
+
+
+def _storage_prologue(graph: Graph) -> list[str]:
+    """One ``torch.empty`` per storage and one typed view of it per dtype its slots hold."""
+    lines = []
+    dtypes: dict[str, set[str]] = {}
+    for v in graph.values():
+        if v.alloc is not None and v.alloc.kind == SLOT:
+            dtypes.setdefault(v.alloc.storage, set()).add(v.type.dtype)
+    for name, storage in graph.storages.items():
+        var = _storage_name(name)
+        lines.append(f"{var} = torch.empty({storage.nbytes}, dtype=torch.uint8)  # storage in tier "
+                     f"{comment_text(storage.tier)}: {format_bytes(storage.nbytes)}")
+        for dt in sorted(dtypes.get(name, ())):
+            lines.append(f"{_storage_view(var, dt)} = {var}.view({DTYPES[dt]})")
     return lines
 
 
-def _slot(v, offsets, strides) -> str:
-    """``torch.as_strided(arena_f32, shape, strides, start)``: the planned slot of value ``v``, laid
-    out with the strides eager gives it. (One view op: slicing and then viewing costs two calls,
-    and on small transformers that Python overhead alone is 5% of the run.)"""
+def _storage_name(name: str) -> str:
+    """The variable of a storage: its name if that starts with ``storage_`` (value variables never do),
+    else that prefix added."""
+    base = identifier(name)
+    return base if base.startswith("storage_") else "storage_" + base
+
+
+def _slot(v: Value) -> str:
+    """``torch.as_strided(storage_f32, shape, strides, start)``: the planned slot of ``v``. (One view
+    op: slicing and then viewing costs two calls, and on small transformers that Python overhead
+    alone is 5% of the run.)"""
     item = v.type.torch_dtype.itemsize
-    start = offsets[v.name] // item
-    shape = [int(d) for d in v.type.shape]
-    stride = slot_strides(shape, strides.get(v.name))
-    return f"torch.as_strided({_arena_view(v.type.dtype)}, {tuple(shape)}, {tuple(stride)}, {start})"
+    shape = tuple(int(d) for d in v.type.shape)
+    view = _storage_view(_storage_name(v.alloc.storage), v.type.dtype)
+    return f"torch.as_strided({view}, {shape}, {tuple(v.alloc.strides)}, {v.alloc.offset // item})"
 
 
-def _arena_step(node, names, offsets, strides, comment) -> list[str]:
-    """The statements of one step when intermediates live in the arena."""
+def _buffer(v: Value) -> str:
+    """The buffer a kernel writes ``v`` into: its slot, its own buffer, or (unplanned) a fresh one."""
+    if v.alloc is None or v.alloc.kind not in (SLOT, OWN):
+        return f"torch.empty({tuple(int(d) for d in v.type.shape)}, dtype={DTYPES[v.type.dtype]})"
+    return _slot(v) if v.alloc.kind == SLOT else _own(v)
+
+
+def _own(v: Value) -> str:
+    shape = tuple(int(d) for d in v.type.shape)
+    return f"torch.empty_strided({shape}, {tuple(v.alloc.strides)}, dtype={DTYPES[v.type.dtype]})"
+
+
+def _step(graph: Graph, node, names, comment) -> list[str]:
+    """The statements of one step: a plain call for views and kernel-owned results, else the ``out=``
+    form writing into the slots and own buffers the IR gives the outputs."""
     opdef = lookup(node.op, node=node.name)
-    in_arena = [v for v in node.outputs if v.name in offsets]
-    if opdef.view or not in_arena or node.subgraph is not None:
-        # views own no bytes; ops whose outputs all leave the graph allocate them themselves
+    given = [v for v in node.outputs if v.alloc is not None and v.alloc.kind in (SLOT, OWN)]
+    if opdef.view or not given or node.subgraph is not None:
         return [f"{_targets(node, names)} = {_call(node, names)}{comment}"]
-    lines = []
     out = out_variant(node.op)
-    if out is not None:
-        out_op, out_args = out
-        for v in node.outputs:
-            if v.name in offsets:
-                lines.append(f"{names(v)} = {_slot(v, offsets, strides)}")
-            else:  # a graph output: a tensor of its own, laid out as eager lays it out
-                shape = [int(d) for d in v.type.shape]
-                lines.append(f"{names(v)} = torch.empty_strided({tuple(shape)}, "
-                             f"{tuple(slot_strides(shape, strides.get(v.name)))}, dtype={DTYPES[v.type.dtype]})")
-        lines.append(f"{_call(node, names, out_op, dict(zip(out_args, node.outputs)))}{comment}")
-        return lines
-    # no out= variant: the op allocates its result; copy what belongs in the arena into its slot
-    if len(node.outputs) == 1 and not _returns_sequence(opdef):
-        v = node.outputs[0]
-        return [f"{names(v)} = {_slot(v, offsets, strides)}",
-                f"{names(v)}.copy_({_call(node, names)}){comment} (no out= variant: copied into its slot)"]
-    lines.append(f"{_targets(node, names)} = {_call(node, names)}{comment} (no out= variant)")
-    for v in in_arena:
-        lines.append(f"{names(v)} = {_slot(v, offsets, strides)}.copy_({names(v)})")
+    if out is None or len(given) != len(node.outputs):
+        from memplan.errors import MemplanError
+        raise MemplanError(f"node {node.name} ({node.op}): the IR gives its outputs buffers, but the PyTorch "
+                           "backend can only write into them through an out= form of the op, which it lacks for "
+                           "all of them; mark the results kernel-owned")
+    out_op, out_args = out
+    lines = [f"{names(v)} = {_slot(v) if v.alloc.kind == SLOT else _own(v)}" for v in node.outputs]
+    lines.append(f"{_call(node, names, out_op, dict(zip(out_args, node.outputs)))}{comment}")
     return lines
 
 
@@ -254,7 +330,7 @@ def _inplace_step(node, names, comment) -> list[str]:
     """A node that writes over its input ``node.reuses`` (the ``inplace`` pass): its output *is*
     that input's tensor, arena slot or not."""
     v = node.outputs[0]
-    reused = next(x for x in node.inputs if x.name == node.reuses)
+    reused = node.reuses
     lines = [f"{names(v)} = {names(reused)}"]
     out = out_variant(node.op)
     if out is not None:
@@ -286,4 +362,33 @@ class _CustomOps:
         return self._table["memplan." + name].impl
 
 
-__all__ = ["emit_python", "load_python"]
+class PyTorchBackend:
+    """The PyTorch backend (:mod:`memplan.backends.base`): aten and oneDNN kernels, ``out=`` forms
+    into planned slots, scratch measured on this host, the planned IR printed as Python."""
+
+    name = "pytorch"
+
+    def legalize(self, graph: Graph, ctx) -> Graph:
+        """Kernel choice: 2-D convolutions by oneDNN in channels-last layout (``mkldnn_conv``)."""
+        from memplan.passes.registry import PASSES
+        for name in LEGALIZE_PASSES:
+            graph = PASSES[name].fn(graph, ctx)
+        return graph
+
+    def writes_into(self, node) -> bool:
+        """A loop writes each trip into its buffers; other ops need an ``out=`` form (a view needs none)."""
+        if node.op == LOOP:
+            return True
+        return node.subgraph is None and not lookup(node.op, node=node.name).view and out_variant(node.op) is not None
+
+    def scratch(self, graph: Graph, slotted: set[str], options: dict, log: list[str] | None = None) -> dict[str, int]:
+        from memplan.backends.pytorch_scratch import step_scratch
+        return step_scratch(graph, options, log, slotted)
+
+    def emit(self, graph: Graph) -> str:
+        return emit_python(graph)
+
+
+LEGALIZE_PASSES = ("mkldnn_conv",)
+
+__all__ = ["PyTorchBackend", "emit_python", "load_python"]

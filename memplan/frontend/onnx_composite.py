@@ -1,6 +1,6 @@
 """ONNX ops that lower to a short chain of aten ops: Attention, the losses, windows, crops.
 
-Registered into :data:`memplan.frontend.onnx_ops.ONNX_OPS`. Masks that ONNX
+Registered into :data:`memplan.frontend.onnx_common.ONNX_OPS`. Masks that ONNX
 writes with ``-inf`` become constant tensors (the emitted code holds no
 non-finite literals); causal and padding masks over static shapes fold to
 constants at import time.
@@ -11,8 +11,7 @@ import math
 
 import torch
 
-from memplan.frontend.onnx import dtype_of, shape_of, torch_dtype_of
-from memplan.frontend.onnx_ops import norm_axis, onnx_op, rank_of
+from memplan.frontend.onnx_common import dtype_of, norm_axis, onnx_op, rank_of, shape_of, torch_dtype_of
 
 
 def _neg_inf(dt):

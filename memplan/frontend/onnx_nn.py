@@ -1,12 +1,12 @@
 """ONNX neural-network ops: convolution, pooling, normalization, softmax, resize, space/depth.
 
-Registered into :data:`memplan.frontend.onnx_ops.ONNX_OPS` (see there for the
-lowering protocol). Padding that aten cannot express (asymmetric ``pads``,
-``auto_pad``) becomes an explicit ``constant_pad_nd`` before the op; Resize
-lowers, per resized axis, to a gather of constant neighbour indices and a
-weighted sum with constant coefficients computed at import time, which
-covers every ONNX coordinate transformation, nearest rounding and cubic
-variant with plain aten ops.
+Registered into :data:`memplan.frontend.onnx_common.ONNX_OPS` (see
+:mod:`memplan.frontend.onnx_ops` for the lowering protocol). Padding that
+aten cannot express (asymmetric ``pads``, ``auto_pad``) becomes an explicit
+``constant_pad_nd`` before the op; Resize lowers, per resized axis, to a
+gather of constant neighbour indices and a weighted sum with constant
+coefficients computed at import time, which covers every ONNX coordinate
+transformation, nearest rounding and cubic variant with plain aten ops.
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import math
 import numpy as np
 import torch
 
-from memplan.frontend.onnx import dtype_of, is_const, shape_of
-from memplan.frontend.onnx_ops import norm_axis, onnx_op, rank_of
+from memplan.frontend.onnx_common import dtype_of, is_const, norm_axis, onnx_op, rank_of, shape_of
 
 
 # ---------------------------------------------------------------- padding helpers

@@ -1,7 +1,7 @@
 """The ONNX op table: one lowering per ONNX op type (default domain).
 
 A lowering is ``fn(b, *inputs) -> output | tuple of outputs`` where ``b`` is
-the :class:`~memplan.frontend.onnx.NodeBuilder` of the ONNX node and each
+the :class:`~memplan.frontend.onnx_common.NodeBuilder` of the ONNX node and each
 input is an IR :class:`~memplan.ir.graph.Value`, a constant ``torch.Tensor``
 or ``None`` (an omitted optional input). Lowerings emit aten ops through
 ``b.call`` (which folds them when every tensor argument is constant) and read
@@ -9,45 +9,27 @@ shape-deciding inputs with ``b.const`` / ``b.ints``.
 
 ``claim`` is an optional predicate ``(attrs, input_elem_types, opset) ->
 reason or None``: the variants an op lowers correctly; the conformance
-backend claims a model only if every node passes it. This module holds the
-elementwise, shape and indexing ops; :mod:`memplan.frontend.onnx_nn` the
-neural-network ops (conv, pooling, normalization, resize, ...).
+backend claims a model only if every node passes it. Lowerings register into
+:data:`~memplan.frontend.onnx_common.ONNX_OPS` with ``@onnx_op``. This module
+holds the elementwise, shape and indexing ops and :func:`lower_node`, and
+imports the rest of the table: :mod:`memplan.frontend.onnx_nn` (the
+neural-network ops: conv, pooling, normalization, resize, ...) and
+:mod:`memplan.frontend.onnx_composite`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from memplan.errors import MemplanError, UnsupportedOpError
-from memplan.frontend.onnx import (NodeBuilder, attributes, check_node_types, dtype_of, is_const, shape_of,
-                                   torch_dtype_of)
-
-
-@dataclass(frozen=True)
-class OnnxOp:
-    name: str
-    lower: Callable
-    claim: Callable | None = None
-
-
-ONNX_OPS: dict[str, OnnxOp] = {}
-
-
-def onnx_op(*names: str, claim: Callable | None = None):
-    """Register ``fn`` as the lowering of ONNX op types ``names``."""
-    def wrap(fn):
-        for n in names:
-            ONNX_OPS[n] = OnnxOp(n, fn, claim)
-        return fn
-    return wrap
+from memplan.frontend.onnx_common import (CLAIMED_ELEM_TYPES, ONNX_OPS, NodeBuilder, OnnxOp,  # noqa: F401
+                                          attributes, check_node_types, dtype_of, is_const, norm_axis,
+                                          onnx_op, rank_of, shape_of, torch_dtype_of)
 
 
 def supported_onnx_ops() -> list[str]:
     """Names of the ONNX op types memplan lowers (default domain)."""
-    import memplan.frontend.onnx_nn  # noqa: F401  (registers its ops)
     return sorted(ONNX_OPS)
 
 
@@ -113,21 +95,6 @@ def _rename_outputs(b: NodeBuilder, node, results) -> None:
 
 # ---------------------------------------------------------------- helpers
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def norm_axis(axis: int, rank: int, *, inclusive: bool = False) -> int:
-    """``axis`` in ``[-rank, rank)`` (``[-rank, rank]`` with ``inclusive``, as Flatten takes it) as a
-    non-negative axis; a ValueError (a typed error naming the node, raised by ``lower_node``) for any
-    other: ONNX and onnxruntime reject the model."""
-    if not isinstance(axis, int) or isinstance(axis, bool):
-        raise TypeError(f"axis {axis!r} is not an integer")
-    if not -max(rank, 1) <= axis < max(rank, 1) + int(inclusive):
-        raise ValueError(f"axis {axis} is out of range for a rank-{rank} input")
-    return axis + rank if axis < 0 else axis
-
-
-def rank_of(x) -> int:
-    return len(shape_of(x))
 
 
 def _t(elem_types, i):
@@ -386,7 +353,6 @@ def _cast_to(b, x, dtype: torch.dtype):
 
 
 def claim_cast(attrs, types, opset, ranks):
-    from memplan.frontend.onnx_backend import CLAIMED_ELEM_TYPES
     to = attrs.get("to")
     if to is not None and to not in CLAIMED_ELEM_TYPES:
         return "target type not supported"
@@ -978,7 +944,7 @@ def _hardmax_axis(b, x, axis):
     return b.cast(hot, dtype_of(x))
 
 
-# the neural-network half of the table registers itself on import
+# the rest of the table: the neural-network and composite lowerings register themselves on import
 import memplan.frontend.onnx_nn  # noqa: E402,F401
 import memplan.frontend.onnx_composite  # noqa: E402,F401
 

@@ -1,18 +1,18 @@
 """``memplan.*`` ops: semantics aten lacks (mostly ONNX ops with no aten twin).
 
 Each op registers a torch reference implementation with
-:func:`memplan.ir.ops.register_op`; the PyTorch backend calls it as
-``memplan_ops.<name>(...)`` and shape inference runs it on meta tensors.
+:func:`memplan.ir.opdef.register_op`; :mod:`memplan.ir.ops` imports this
+module, so every ``memplan.*`` op is known once ``lookup`` is. The PyTorch
+backend calls an op as ``memplan_ops.<name>(...)`` and shape inference runs
+it on meta tensors.
 """
 from __future__ import annotations
-
-from memplan.ir.ops import OpKind, register_op  # noqa: F401
 
 import math
 
 import torch
 
-from memplan.ir.ops import _conv_flops  # noqa: E402
+from memplan.ir.opdef import OpKind, conv_flops, register_op
 
 
 def _pointwise_conv(x, weight, bias, stride, padding, dilation, groups, activation="none"):
@@ -40,7 +40,7 @@ def _accumulate_conv(out, x, weight, bias, stride, padding, dilation, groups, ac
 _pointwise_conv.out = _pointwise_conv_out
 
 MKLDNN_CONV2D = "memplan.mkldnn_conv2d"
-register_op(MKLDNN_CONV2D, OpKind.OPAQUE, _pointwise_conv, flops=_conv_flops, out_args=["out"])
+register_op(MKLDNN_CONV2D, OpKind.OPAQUE, _pointwise_conv, flops=conv_flops, out_args=["out"])
 
 
 def _pointwise_conv_add(x, weight, bias, stride, padding, dilation, groups, other, activation="none"):
@@ -61,7 +61,7 @@ def _pointwise_conv_add_out(x, weight, bias, stride, padding, dilation, groups, 
 
 _pointwise_conv_add.out = _pointwise_conv_add_out
 MKLDNN_CONV2D_ADD = "memplan.mkldnn_conv2d_add"
-register_op(MKLDNN_CONV2D_ADD, OpKind.OPAQUE, _pointwise_conv_add, flops=_conv_flops, out_args=["out"])
+register_op(MKLDNN_CONV2D_ADD, OpKind.OPAQUE, _pointwise_conv_add, flops=conv_flops, out_args=["out"])
 MKLDNN_CONVS = (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD)
 # ops that may write over some of their inputs (by argument position) besides elementwise ones
 INPLACE_ARGS = {MKLDNN_CONV2D_ADD: (7,)}

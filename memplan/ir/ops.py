@@ -11,69 +11,22 @@ out), ``broadcast``, ``injective`` (data movement: views, concat, gather),
 ``reduction``, ``opaque`` (matmul, conv, attention, anything else).
 Shape/dtype inference runs the reference implementation on meta tensors,
 unless an op registers its own rule.
+
+:class:`OpKind`, :class:`OpDef` and :func:`register_op` live in
+:mod:`memplan.ir.opdef` (re-exported here), the ``memplan.*`` ops in
+:mod:`memplan.ir.custom_ops`, which this module imports.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import Enum
-from typing import Callable
 
 import torch
 
 from memplan.errors import UnsupportedOpError
+from memplan.ir import custom_ops, planning_ops, regions  # noqa: F401  (register the memplan.* ops)
 from memplan.ir.graph import Node, Value, map_values
+from memplan.ir.opdef import _CUSTOM, OpDef, OpKind, _numel, conv_flops, register_op  # noqa: F401  (re-exported)
 from memplan.ir.types import TensorType
-
-
-class OpKind(str, Enum):
-    ELEMENTWISE = "elementwise"
-    BROADCAST = "broadcast"
-    INJECTIVE = "injective"
-    REDUCTION = "reduction"
-    OPAQUE = "opaque"
-
-
-@dataclass(frozen=True)
-class OpDef:
-    """What memplan knows of one op.
-
-    ``view`` ops return an alias of their first input (no bytes of their own);
-    ``flops`` maps a node to its floating-point operation count.
-    """
-
-    name: str
-    kind: OpKind
-    impl: Callable
-    view: bool = False
-    flops: Callable[[Node], int] | None = None
-    infer: Callable[[Node], list[TensorType]] | None = None
-    out_args: list[str] | None = None  # custom ops: keyword names of ``impl.out``'s outputs
-
-    def flop_count(self, node: Node) -> int:
-        if self.flops is not None:
-            return int(self.flops(node))
-        if self.kind in (OpKind.INJECTIVE,) or self.view:
-            return 0
-        if self.kind is OpKind.REDUCTION:
-            return sum(_numel(v) for v in node.inputs[:1])
-        return sum(_numel(v) for v in node.outputs)
-
-    def bytes_moved(self, node: Node) -> int:
-        """Bytes read plus bytes written (0 for views)."""
-        if self.view:
-            return 0
-        return sum(_nbytes(v) for v in node.inputs) + sum(_nbytes(v) for v in node.outputs)
-
-
-def _numel(v: Value) -> int:
-    n = v.type.numel
-    return n if isinstance(n, int) else 0
-
-
-def _nbytes(v: Value) -> int:
-    n = v.type.nbytes
-    return n if isinstance(n, int) else 0
 
 
 # ---------------------------------------------------------------- aten tables
@@ -157,12 +110,6 @@ def _mm_flops(node: Node) -> int:
     return 2 * n * k if isinstance(k, int) else 0
 
 
-def _conv_flops(node: Node) -> int:
-    weight = node.inputs[1].type
-    per_out = math.prod(d for d in weight.shape[1:] if isinstance(d, int))
-    return 2 * _numel(node.outputs[0]) * per_out
-
-
 def _sdpa_flops(node: Node) -> int:
     q, k = node.inputs[0].type, node.inputs[1].type
     if not (q.is_static and k.is_static):
@@ -173,7 +120,7 @@ def _sdpa_flops(node: Node) -> int:
 
 _FLOPS = {
     "mm": _mm_flops, "bmm": _mm_flops, "addmm": _mm_flops, "baddbmm": _mm_flops, "matmul": _mm_flops,
-    "convolution": _conv_flops, "_convolution": _conv_flops, "conv2d": _conv_flops, "conv1d": _conv_flops,
+    "convolution": conv_flops, "_convolution": conv_flops, "conv2d": conv_flops, "conv1d": conv_flops,
     "scaled_dot_product_attention": _sdpa_flops,
     "_scaled_dot_product_flash_attention_for_cpu": _sdpa_flops,
 }
@@ -190,22 +137,9 @@ _INFER = {"_native_batch_norm_legit_no_training": _bn_no_training_types}
 
 
 # ---------------------------------------------------------------- registry
-_CUSTOM: dict[str, OpDef] = {}
+# memplan.* ops are in memplan.ir.opdef._CUSTOM (registered by memplan.ir.custom_ops); aten ops are
+# looked up on first use.
 _CACHE: dict[str, OpDef] = {}
-
-
-def register_op(name: str, kind: OpKind, impl: Callable, *, view: bool = False,
-                flops: Callable | None = None, infer: Callable | None = None,
-                out_args: list[str] | None = None) -> OpDef:
-    """Register a ``memplan.*`` op with a torch reference implementation. With ``out_args``,
-    ``impl.out(*args, **{name: tensor})`` writes the results into given tensors (its ``out=`` form)."""
-    if not name.startswith("memplan."):
-        raise ValueError(f"custom ops live in the memplan namespace, got {name!r}")
-    if out_args and not callable(getattr(impl, "out", None)):
-        raise ValueError(f"{name}: out_args given but the implementation has no .out")
-    opdef = OpDef(name, kind, impl, view, flops, infer, out_args)
-    _CUSTOM[name] = opdef
-    return opdef
 
 
 def resolve_aten(name: str):
@@ -251,48 +185,6 @@ def is_supported(name: str) -> bool:
         return True
     except UnsupportedOpError:
         return False
-
-
-def out_variant(name: str) -> tuple[str, list[str]] | None:
-    """The ``out=`` overload of aten op ``name`` and its out-argument names, or None.
-
-    ``aten.addmm.default -> ('aten.addmm.out', ['out'])``;
-    ``aten.native_layer_norm.default -> ('aten.native_layer_norm.out', ['out0', 'out1', 'out2'])``.
-    With it, an op writes straight into a planned slot of the arena.
-    """
-    if name in _OUT_CACHE:
-        return _OUT_CACHE[name]
-    result = None
-    if name in _OUT_OVERRIDES:
-        result = (f"{_OUT_OVERRIDES[name]}.out", list(_CUSTOM[_OUT_OVERRIDES[name]].out_args))
-    elif name in _CUSTOM and _CUSTOM[name].out_args:
-        result = (f"{name}.out", list(_CUSTOM[name].out_args))
-    elif name.startswith("aten.") and not lookup(name).view:
-        from torch._library._out_variant import get_out_arg_names, to_out_variant
-        try:
-            out_op = to_out_variant(resolve_aten(name))
-        except RuntimeError:  # not a functional schema
-            out_op = None
-        if out_op is not None:
-            result = (f"aten.{out_op._schema.name.split('::')[1]}.{out_op._overloadname}",
-                      list(get_out_arg_names(out_op)))
-    _OUT_CACHE[name] = result
-    return result
-
-
-_OUT_CACHE: dict[str, tuple[str, list[str]] | None] = {}
-# aten ops whose own out= form computes a temporary and copies it: memplan's writes in place
-_OUT_OVERRIDES = {"aten.constant_pad_nd.default": "memplan.constant_pad_nd",
-                  "aten.max_pool2d.default": "memplan.max_pool2d",
-                  "aten.clone.default": "memplan.clone",
-                  "aten._native_batch_norm_legit_no_training.default": "memplan.batch_norm_inference"}
-
-
-def resolve_out(out_name: str):
-    """The callable of an ``out=`` overload named by :func:`out_variant`."""
-    if out_name.startswith("memplan.") and out_name.endswith(".out"):
-        return _CUSTOM[out_name[: -len(".out")]].impl.out
-    return resolve_aten(out_name)
 
 
 def is_view(name: str) -> bool:
@@ -346,6 +238,3 @@ def flatten_outputs(result) -> list[torch.Tensor]:
         return out
     raise TypeError(f"op returned {type(result).__name__}, not tensors")
 
-
-# memplan.* ops with their reference implementations register themselves on import.
-from memplan.ir import custom_ops  # noqa: E402,F401

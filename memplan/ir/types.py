@@ -55,10 +55,15 @@ def as_dim(d) -> Dim:
 
 @dataclass(frozen=True)
 class TensorType:
-    """dtype (short IR name) and shape (tuple of dims)."""
+    """dtype (short IR name), shape (tuple of dims) and memory space.
+
+    ``space`` names the memory tier the value lives in (``"dram"``, ``"hbm"``, ...) once the
+    planner has placed it; ``""`` before placement. Printed ``f32[2, 3]@dram``.
+    """
 
     dtype: str
     shape: tuple[Dim, ...]
+    space: str = ""
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -101,10 +106,19 @@ class TensorType:
             return self
         subs = {sympy.Symbol(k, integer=True, positive=True): v for k, v in (bindings or {}).items()}
         return TensorType(self.dtype, tuple(as_dim(sympy.sympify(d).subs(subs)) if not isinstance(d, int) else d
-                                            for d in self.shape))
+                                            for d in self.shape), self.space)
+
+    def with_space(self, space: str) -> "TensorType":
+        """This type in memory space ``space``."""
+        return TensorType(self.dtype, self.shape, space)
+
+    def same_tensor(self, other: "TensorType") -> bool:
+        """Same dtype and shape (the memory space may differ)."""
+        return self.dtype == other.dtype and self.shape == other.shape
 
     def __str__(self) -> str:
-        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+        text = f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+        return f"{text}@{self.space}" if self.space else text
 
     @staticmethod
     def of(t: torch.Tensor) -> "TensorType":

@@ -4,6 +4,7 @@ from __future__ import annotations
 from memplan.errors import IRVerificationError, UnsupportedOpError
 from memplan.ir.graph import Graph, Value
 from memplan.ir.ops import infer_types, lookup
+from memplan.ir.regions import REGION_OPS, check_region
 
 
 def verify(graph: Graph, *, check_shapes: bool = True) -> None:
@@ -44,10 +45,8 @@ def verify(graph: Graph, *, check_shapes: bool = True) -> None:
             define(v, where)
         if node.reuses is not None:
             _check_reuse(node, where)
-        if node.subgraph is not None:
-            if len(node.subgraph.inputs) != len(node.inputs):
-                raise IRVerificationError(
-                    f"{where}: sub-graph takes {len(node.subgraph.inputs)} inputs, node passes {len(node.inputs)}")
+        if node.subgraph is not None or node.op in REGION_OPS:
+            check_region(node)
             verify(node.subgraph, check_shapes=check_shapes)
         elif check_shapes and all(v.type.is_static for v in node.inputs):
             try:
@@ -55,7 +54,7 @@ def verify(graph: Graph, *, check_shapes: bool = True) -> None:
             except Exception as exc:  # the op rejected its inputs: that is the finding
                 raise IRVerificationError(f"{where}: shape inference failed: {str(exc).splitlines()[0]}") from None
             got = [v.type for v in node.outputs]
-            if expected != got:
+            if len(expected) != len(got) or not all(e.same_tensor(g) for e, g in zip(expected, got)):
                 raise IRVerificationError(
                     f"{where}: outputs typed {', '.join(map(str, got))} but the op gives "
                     f"{', '.join(map(str, expected))}")
@@ -66,9 +65,9 @@ def verify(graph: Graph, *, check_shapes: bool = True) -> None:
 
 def _check_reuse(node, where: str) -> None:
     """An in-place node overwrites an input of its own with exactly as many bytes of the same type."""
-    reused = next((v for v in node.inputs if v.name == node.reuses), None)
+    reused = next((v for v in node.inputs if v is node.reuses), None)
     if reused is None:
-        raise IRVerificationError(f"{where}: reuses %{node.reuses}, which it does not read")
+        raise IRVerificationError(f"{where}: reuses %{node.reuses.name}, which it does not read")
     if len(node.outputs) != 1 or node.subgraph is not None or lookup(node.op).view:
         raise IRVerificationError(f"{where}: only a single-output, non-view op can write in place")
     if reused.kind != "node":

@@ -1,5 +1,5 @@
-"""Passes, registered by name (see :mod:`memplan.passes.manager`)."""
-from memplan.passes import allocate, canonicalize, fold_batchnorm, inplace, lower_conv, mkldnn_conv, schedule, verify, verify_plan  # noqa: F401  (registration)
-from memplan.passes.manager import DEFAULT_PIPELINE, PASSES, PassContext, register_pass, run_pipeline
+"""Passes, registered by name (see :mod:`memplan.passes.registry`); :func:`run_pipeline` runs them."""
+from memplan.passes.manager import run_pipeline
+from memplan.passes.registry import DEFAULT_PIPELINE, PASSES, PassContext, register_pass
 
 __all__ = ["DEFAULT_PIPELINE", "PASSES", "PassContext", "register_pass", "run_pipeline"]

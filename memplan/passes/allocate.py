@@ -1,121 +1,80 @@
-"""Pass ``allocate``: a byte offset in one static arena for every intermediate buffer.
+"""Pass ``allocate``: write the allocation into the IR — one storage per tier, a slot per value.
 
-Buffers are the storage roots the schedule produces that are not graph
-outputs (outputs are handed to the caller, so they are allocated on their
-own and never alias the arena). Each lives from the step that writes it to
-its last read, views included; :func:`~memplan.solvers.allocation.solve_allocation`
-packs them (greedy portfolio, then an exact search towards the interval lower
-bound). The planned peak of the run is then
+Each value that owns bytes gets an :class:`~memplan.ir.graph.Alloc`
+(:func:`~memplan.analysis.planning.storage_kinds`): a ``slot`` in the main
+tier's storage when its op writes through a copy-free ``out=`` form, a buffer
+of its ``own`` when it is a graph output (handed to the caller, so it never
+pins or aliases the storage), or ``kernel`` when the op allocates its result
+itself (kernel-owned: it lives from its step to its last use and is never
+copied). The slots are packed by
+:func:`~memplan.solvers.allocation.solve_allocation` (greedy portfolio, then an
+exact search towards the interval lower bound). The planned peak is then
 
-    arena bytes + max over steps (graph outputs produced so far + scratch of the step)
+    storage bytes + max over steps (own and kernel-owned values live + scratch of the step)
 
-and that is what the memory budget bounds and what the emitted code allocates.
+The pass also plans the same graph with no storage at all — every value
+kernel-owned, freed at its last use, as eager PyTorch runs it — and keeps that
+plan when its peak is lower: a plan is never above the free-at-last-use run.
+The order may change too (``joint``: the order whose packed peak is lowest).
+Every value's type gets the main tier as its memory space, each node its
+measured scratch, and the graph the target's capacities and the budget
+(``attr``), so :func:`~memplan.analysis.check.verify_plan` can check the result
+on its own.
 """
 from __future__ import annotations
 
-from memplan.errors import BudgetInfeasibleError
+from dataclasses import dataclass
+from typing import Literal
+
+from memplan.analysis.liveness import Liveness, liveness
+from memplan.analysis.planning import budget_error, liveness_stats, schedule_problem, storage_kinds
+from memplan.analysis.check import ALIGNMENT
+from memplan.ir.graph import KERNEL, OWN, SLOT, Alloc, Graph
 from memplan.passes.capacity import check_capacity
-from memplan.passes.liveness import Liveness, liveness, storage_roots
-from memplan.passes.scratch import step_scratch
-from memplan.passes.manager import register_pass
+from memplan.passes.layout import eager_strides, slot_strides
+from memplan.passes.registry import register_pass
+from memplan.passes.schedule import backend_of, planned_scratch
 from memplan.solvers.allocation import Buffer, solve_allocation
 from memplan.units import format_bytes
 
-ALIGNMENT = 64  # bytes: every slot starts on a cache line (and on any dtype's boundary)
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGNMENT) * ALIGNMENT
 
 
-def arena_buffers(graph, live: Liveness) -> tuple[list[Buffer], set[str]]:
-    """The arena's buffers (``[start, end + 1)`` lifetimes) and the roots kept outside it."""
-    roots = storage_roots(graph)
-    outside = {roots[v.name] for v in graph.outputs}
-    buffers = [Buffer(r.value, r.start, r.end + 1, -(-r.nbytes // ALIGNMENT) * ALIGNMENT)
-               for r in live.ranges.values() if r.value not in outside]
+def arena_split(live: Liveness, kinds: dict[str, str]) -> tuple[list[Buffer], list[int]]:
+    """The storage's buffers (``[start, end + 1)`` lifetimes) and, per step, the bytes outside it
+    (own and kernel-owned values live then, plus the step's scratch)."""
+    buffers = [Buffer(r.value, r.start, r.end + 1, _aligned(r.nbytes))
+               for r in live.ranges.values() if kinds.get(r.value) == SLOT]
+    outside = list(live.temp_bytes)
+    for r in live.ranges.values():
+        if kinds.get(r.value) != SLOT:
+            for i in range(r.start, r.end + 1):
+                outside[i] += r.nbytes
     return buffers, outside
 
 
-def outside_bytes(live: Liveness, outside: set[str]) -> list[int]:
-    """Per step: bytes allocated outside the arena (outputs produced so far, plus scratch)."""
-    per_step = list(live.temp_bytes)
-    for name in outside:
-        r = live.ranges.get(name)
-        if r is not None:
-            for i in range(r.start, len(per_step)):
-                per_step[i] += r.nbytes
-    return per_step
-
-
-@register_pass("allocate", kind="plan")
-def allocate(graph, plan, ctx):
-    """Fill ``plan.allocation`` (tier -> value -> offset) and the arena statistics; enforce the budget."""
-    temps = plan.stats.get("scratch_bytes")
-    if temps is None:
-        check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
-        temps = step_scratch(graph, ctx.options, ctx.log)
-    if ctx.options.get("joint", True):
-        plan.schedule = joint_order(graph, plan, temps)
-    live = liveness(graph, plan.schedule, temps=temps)
-    from memplan.passes.schedule import liveness_stats
-    plan.stats.update(liveness_stats(graph, live))  # the joint choice may have changed the order
-    plan.stats["live_profile"] = live.live_bytes
-    buffers, outside = arena_buffers(graph, live)
-    extra = max(outside_bytes(live, outside), default=0)
-    time_limit = float(ctx.options.get("allocate_time_limit", 5.0))
-    result = solve_allocation(buffers, time_limit=time_limit, alignment=ALIGNMENT)
-    budget = ctx.memory_budget
-    if budget is not None and result.height + extra > budget and budget - extra >= result.lower_bound:
-        # feasibility mode: any packing under what the budget leaves for the arena
-        tight = solve_allocation(buffers, capacity=budget - extra, time_limit=time_limit, alignment=ALIGNMENT)
-        if tight.height < result.height:
-            result = tight
-    tier = ctx.target.main_tier.name
-    plan.allocation = {tier: dict(sorted(result.offsets.items(), key=lambda kv: kv[1]))}
-    plan.placement = {**{b.id: tier for b in buffers}, **{name: "output" for name in sorted(outside)}}
-    planned = result.height + extra
-    plan.stats.update({
-        "arena_bytes": result.height,
-        "arena_lower_bound_bytes": result.lower_bound,
-        "outside_arena_bytes": extra,
-        "planned_peak_bytes": planned,
-        "buffers": {b.id: [b.lower, b.upper, b.size] for b in buffers},
-        "memory_budget": budget,
-    })
-    plan.stats.setdefault("solves", []).append({
-        "pass": "allocate", "method": result.method, "status": result.status, "objective": result.height,
-        "bound": result.lower_bound, "gap": round(result.gap, 6), "wall_s": round(result.wall_s, 4),
-        "buffers": len(buffers)})
-    if budget is not None and planned > budget:
-        raise budget_error(graph, plan, live, budget, planned)
-    tier_room = ctx.target.main_tier.capacity - live.resident_bytes
-    if planned > tier_room:
-        raise budget_error(graph, plan, live, max(tier_room, 0), planned,
-                           limit=f"target {ctx.target.name!r}: tier {tier!r} holds "
-                                 f"{format_bytes(ctx.target.main_tier.capacity)}, of which inputs and weights "
-                                 f"take {format_bytes(live.resident_bytes)}, leaving "
-                                 f"{format_bytes(max(tier_room, 0))} for activations")
-    return plan
-
-
-def quick_planned_peak(graph, order: list[str], temps) -> tuple[int, int]:
-    """(arena height of the greedy portfolio + bytes outside the arena, live-bytes peak) of an order."""
+def quick_planned_peak(graph, order: list[str], temps, kinds) -> tuple[int, int]:
+    """(greedy storage height + the most bytes outside it at once, live-bytes peak) of an order."""
     live = liveness(graph, order, temps=temps)
-    buffers, outside = arena_buffers(graph, live)
+    buffers, outside = arena_split(live, kinds)
     greedy = solve_allocation(buffers, time_limit=1.0, alignment=ALIGNMENT, method="greedy")
-    return greedy.height + max(outside_bytes(live, outside), default=0), live.peak_bytes
+    return greedy.height + max(outside, default=0), live.peak_bytes
 
 
-def joint_order(graph, plan, temps) -> list[str]:
-    """Iterated order/offsets: among the scheduler's order, the topological order and every
-    heuristic order, keep the one whose *packed* arena (plus what lives outside it) is lowest.
+def joint_order(graph, stats: dict, temps, kinds) -> list[str]:
+    """Iterated order/offsets: among the current order, the topological... every heuristic order,
+    keep the one whose *packed* storage (plus what lives outside it) is lowest.
 
     The order with the fewest live bytes can still pack worse (fragmentation depends on the
-    order), so this compares what the run would really allocate; the scheduler's order wins ties.
-    Records each candidate's figures in ``plan.stats["joint"]``.
+    order), so this compares what the run would really allocate; the current order wins ties.
+    Records each candidate's figures in ``stats["joint"]``.
     """
-    from memplan.passes.schedule import schedule_problem
     from memplan.solvers.sched_heuristics import HEURISTICS
 
     problem = schedule_problem(graph, temps)
-    candidates = {"scheduler": list(plan.schedule)}
+    candidates = {"scheduler": [n.name for n in graph.nodes]}
     for name, heuristic in HEURISTICS.items():
         candidates[name] = [graph.nodes[i].name for i in heuristic(problem)]
     scored = {}
@@ -126,24 +85,123 @@ def joint_order(graph, plan, temps) -> list[str]:
             scored[name] = scored[seen[key]]
             continue
         seen[key] = name
-        scored[name] = quick_planned_peak(graph, order, temps)
+        scored[name] = quick_planned_peak(graph, order, temps, kinds)
     best = min(candidates, key=lambda n: (scored[n][0], n != "scheduler"))
-    plan.stats["joint"] = {"chosen": best, "candidates": {n: {"planned": p, "live_peak": l}
-                                                          for n, (p, l) in scored.items()}}
+    stats["joint"] = {"chosen": best, "candidates": {n: {"planned": p, "live_peak": l}
+                                                     for n, (p, l) in scored.items()}}
     return candidates[best]
 
 
-def budget_error(graph, plan, live: Liveness, budget: int, best: int, *,
-                 limit: str = "") -> BudgetInfeasibleError:
-    """The error a user gets when no plan fits: the limit, best peak, lower bound, what is live at
-    the peak. ``limit`` names a limit other than the memory budget (``budget`` is then its bytes)."""
-    bound = plan.stats.get("lower_bound_bytes", 0)
-    top = live.top_buffers(5)
-    listing = ", ".join(f"%{r.value} {format_bytes(r.nbytes)} ({r.source or 'graph'})" for r in top)
-    return BudgetInfeasibleError(
-        f"no plan fits {limit or 'the memory budget of ' + format_bytes(budget)}: "
-        f"the smallest peak memplan found is "
-        f"{format_bytes(best)} (lower bound {format_bytes(bound)}); at its peak step {live.peak_step} "
-        f"(node {live.schedule[live.peak_step]}) the largest live buffers are: {listing}",
-        budget=budget, best_peak=best, lower_bound=bound,
-        live_at_peak=[(r.value, r.nbytes, r.source) for r in top])
+@dataclass(frozen=True)
+class AllocateOptions:
+    """Options of ``allocate``."""
+
+    allocation: Literal["auto", "storage", "free"] = "auto"  # static storage, free-at-last-use, or the lower
+    allocate_time_limit: float = 5.0        # seconds for the packing search
+    joint: bool = True                      # choose among candidate orders by their packed peak
+    measure_scratch: bool = True
+    scratch_measure_cap: int | None = None
+
+
+@register_pass("allocate", options=AllocateOptions, produces=("order", "allocation"))
+def allocate(graph, ctx):
+    """Give every value a slot, its own buffer or kernel ownership; declare the storage, scratch,
+    memory spaces, capacities and budget in the IR; enforce the budget."""
+    stats = ctx.records.setdefault("stats", {})
+    if "_scratch" not in ctx.records:
+        check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
+    kinds = storage_kinds(graph, backend_of(ctx).writes_into)
+    temps = planned_scratch(graph, ctx)
+    if ctx.options.get("joint", True):
+        by_name = {n.name: n for n in graph.nodes}
+        graph.reorder([by_name[name] for name in joint_order(graph, stats, temps, kinds)])
+    live = liveness(graph, temps=temps)
+    buffers, outside = arena_split(live, kinds)
+    extra = max(outside, default=0)
+    time_limit = float(ctx.options.get("allocate_time_limit", 5.0))
+    result = solve_allocation(buffers, time_limit=time_limit, alignment=ALIGNMENT)
+    budget = ctx.memory_budget
+    if budget is not None and result.height + extra > budget and budget - extra >= result.lower_bound:
+        # feasibility mode: any packing under what the budget leaves for the storage
+        tight = solve_allocation(buffers, capacity=budget - extra, time_limit=time_limit, alignment=ALIGNMENT)
+        if tight.height < result.height:
+            result = tight
+    planned = _aligned(result.height) + extra
+
+    # the same graph run with every value kernel-owned, freed at its last use (eager's behaviour)
+    mode = ctx.options.get("allocation", "auto")
+    if mode not in ("auto", "storage", "free"):
+        from memplan.errors import MemplanError
+        raise MemplanError(f"option allocation={mode!r:.40}: choose auto (the lower planned peak), storage "
+                           "(a static storage per tier) or free (every value kernel-owned, freed at its last use)")
+    heap_temps, heap_peak = None, None
+    # without its scratch the free run's peak is a bound: measure it only if it can win
+    if mode == "free" or (mode == "auto" and liveness(graph).peak_bytes < planned):
+        heap_temps = backend_of(ctx).scratch(graph, set(), ctx.options, ctx.log)
+        heap_peak = liveness(graph, temps=heap_temps).peak_bytes
+        stats["free_at_last_use_peak_bytes"] = heap_peak
+    use_storage = heap_peak is None or (mode == "auto" and planned <= heap_peak)
+    if not use_storage:
+        ctx.log.append(f"allocate: a static storage would peak at {format_bytes(planned)}, above the "
+                       f"{format_bytes(heap_peak)} of freeing each value at its last use: every value is "
+                       "kernel-owned instead")
+        kinds = {name: KERNEL for name in kinds}
+        temps, planned = heap_temps, heap_peak
+        live = liveness(graph, temps=temps)
+    _write_plan(graph, ctx, kinds, temps, {b: o for b, o in result.offsets.items()} if use_storage else {},
+                _aligned(result.height) if use_storage and buffers else 0)
+
+    stats.update(liveness_stats(graph, live))
+    stats["live_profile"] = live.live_bytes
+    stats["arena_lower_bound_bytes"] = result.lower_bound if use_storage else 0
+    stats.setdefault("solves", []).append({
+        "pass": "allocate", "method": result.method if use_storage else "free-at-last-use",
+        "status": result.status, "objective": result.height, "bound": result.lower_bound,
+        "gap": round(result.gap, 6), "wall_s": round(result.wall_s, 4), "buffers": len(buffers)})
+    lower = stats.get("lower_bound_bytes", 0)
+    if budget is not None and planned > budget:
+        raise budget_error(live, budget, planned, lower)
+    tier = ctx.target.main_tier
+    room = tier.capacity - live.resident_bytes
+    if planned > room:
+        raise budget_error(live, max(room, 0), planned, lower,
+                           limit=f"target {ctx.target.name!r}: tier {tier.name!r} holds "
+                                 f"{format_bytes(tier.capacity)}, of which inputs and weights take "
+                                 f"{format_bytes(live.resident_bytes)}, leaving {format_bytes(max(room, 0))} "
+                                 "for activations")
+    return graph
+
+
+def _write_plan(graph: Graph, ctx, kinds: dict[str, str], temps: dict[str, int], offsets: dict[str, int],
+                storage_bytes: int) -> None:
+    """Write the decisions into the IR: spaces, the storage, each value's allocation, scratch, attrs."""
+    tier = ctx.target.main_tier.name
+    for name in list(graph.storages):
+        del graph.storages[name]
+    storage = graph.add_storage(tier, storage_bytes) if offsets else None
+    needs_strides = [v for node in graph.nodes for v in node.outputs if kinds.get(v.name) in (SLOT, OWN)]
+    strides = eager_strides(graph) if needs_strides else {}
+    for v in graph.values():
+        v.type = v.type.with_space(tier)
+        v.alloc = None
+    for node in graph.nodes:
+        node.scratch = int(temps.get(node.name, 0))
+        for v in node.outputs:
+            kind = kinds.get(v.name)
+            if kind is None:
+                continue
+            if kind == SLOT and v.name not in offsets:
+                kind = OWN  # defensive: a buffer the packer did not place gets its own allocation
+            layout = slot_strides(v.type.shape, strides.get(v.name)) if kind in (SLOT, OWN) else None
+            if kind == SLOT:
+                v.alloc = Alloc(SLOT, storage.name, offsets[v.name], layout)
+            else:
+                v.alloc = Alloc(kind, strides=layout)
+    graph.attrs["target"] = ctx.target.name
+    graph.attrs["main_tier"] = tier
+    for t in ctx.target.tiers:
+        graph.attrs[f"capacity.{t.name}"] = int(t.capacity)
+    if ctx.memory_budget is not None:
+        graph.attrs["memory_budget"] = int(ctx.memory_budget)
+    else:
+        graph.attrs.pop("memory_budget", None)

@@ -22,10 +22,10 @@
 """
 import torch
 
-from memplan.ir.graph import PARAM, Graph, Value, map_values
+from memplan.ir.graph import PARAM, Graph
 from memplan.ir.ops import lookup
-from memplan.passes.layout import channels_last_consumers, eager_strides, layout_copy
-from memplan.passes.manager import register_pass
+from memplan.passes.layout import channels_last_consumers, eager_strides, erase_nodes, layout_copy
+from memplan.passes.registry import register_pass
 
 _IDENTITY_COPIES = {"aten.clone.default", "aten.alias.default", "aten.detach.default",
                     "aten.lift_fresh_copy.default"}
@@ -42,36 +42,32 @@ def _is_identity_copy(node) -> bool:
 def canonicalize(graph: Graph, ctx) -> Graph:
     """Forward identity copies to their input; drop dead nodes and unused params."""
     outputs = _output_aliases(graph)
-    replace: dict[str, Value] = {}
-    kept_nodes = []
+    forwarded = []
     for node in graph.nodes:
-        node.args = map_values(node.args, lambda v: replace.get(v.name, v))
-        node.kwargs = map_values(node.kwargs, lambda v: replace.get(v.name, v))
         if node.op == "aten.relu.default" and len(node.args) == 1 and not node.kwargs:
             node.op, node.args = "aten.clamp_min.default", (node.args[0], 0)
             node.source_op = node.source_op or "aten.relu.default"
         if _is_identity_copy(node) and node.outputs[0].name not in outputs:
-            replace[node.outputs[0].name] = node.inputs[0]
-            continue
-        kept_nodes.append(node)
-    graph.nodes = kept_nodes
-    if replace:
-        ctx.log.append(f"canonicalize: forwarded {len(replace)} identity copies (clone/alias/detach)")
+            graph.replace_all_uses(node.outputs[0], node.inputs[0], after=node)  # a chain of copies ends at its source
+            forwarded.append(node)
+    erase_nodes(graph, forwarded)
+    if forwarded:
+        ctx.log.append(f"canonicalize: forwarded {len(forwarded)} identity copies (clone/alias/detach)")
     _lower_reshapes(graph, ctx)
     needed = {v.name for v in graph.outputs}
-    kept = []
+    dead = []
     for node in reversed(graph.nodes):
         if any(v.name in needed for v in node.outputs):
-            kept.append(node)
             needed.update(v.name for v in node.inputs)
-    removed = len(graph.nodes) - len(kept)
-    graph.nodes = kept[::-1]
+        else:
+            dead.append(node)
+    erase_nodes(graph, dead)
     unused = [p for p in graph.params if p.name not in needed]
     graph.params = [p for p in graph.params if p.name in needed]
     for p in unused:
         graph.weights.pop(p.name, None)
-    if removed or unused:
-        ctx.log.append(f"canonicalize: removed {removed} dead nodes and {len(unused)} unused params")
+    if dead or unused:
+        ctx.log.append(f"canonicalize: removed {len(dead)} dead nodes and {len(unused)} unused params")
     copied = _copy_weight_outputs(graph)
     if copied:
         ctx.log.append(f"canonicalize: {copied} graph outputs that are weights (or views of them) are copied")
@@ -99,21 +95,19 @@ def _output_aliases(graph: Graph) -> set[str]:
 def _copy_weight_outputs(graph: Graph) -> int:
     """Copy every graph output whose storage is a weight: the compiled module owns its weights, and
     a caller writing into a returned weight would change every later call's result."""
-    from memplan.passes.liveness import storage_roots
+    from memplan.analysis.liveness import storage_roots
     roots = storage_roots(graph)
     kind = {v.name: v.kind for v in graph.values()}
-    copies: dict[str, Value] = {}
-    new_outputs = []
-    for v in graph.outputs:
-        if kind[roots[v.name]] == PARAM:
-            if v.name not in copies:
-                (copies[v.name],) = graph.add_node("aten.clone.default", (v,), {}, [v.type], name=f"{v.name}_copy",
-                                                   source=v.producer.source if v.producer else "",
-                                                   source_op="copy of a weight returned as an output")
-            v = copies[v.name]
-        new_outputs.append(v)
-    graph.outputs = new_outputs
-    return len(copies)
+    copied: set[str] = set()
+    for v in list(graph.outputs):
+        if kind[roots[v.name]] == PARAM and v.name not in copied:
+            copied.add(v.name)
+            (copy,) = graph.add_node("aten.clone.default", (v,), {}, [v.type], name=f"{v.name}_copy",
+                                     source=v.producer.source if v.producer else "",
+                                     source_op="copy of a weight returned as an output")
+            # the copy is the last node: only the graph outputs read it
+            graph.replace_all_uses(v, copy, after=copy.producer)
+    return len(copied)
 
 
 def _lower_reshapes(graph: Graph, ctx) -> None:
@@ -122,10 +116,9 @@ def _lower_reshapes(graph: Graph, ctx) -> None:
         return
     strides = eager_strides(graph)
     prefer = channels_last_consumers(graph)
-    nodes, copies = [], 0
-    for node in graph.nodes:
+    copies = 0
+    for node in list(graph.nodes):
         if node.op != "aten.reshape.default":
-            nodes.append(node)
             continue
         src, shape = node.args[0], node.args[1]
         layout = torch.empty_strided([int(d) for d in src.type.shape], strides[src.name], device="meta")
@@ -134,10 +127,7 @@ def _lower_reshapes(graph: Graph, ctx) -> None:
             node.op = "aten.view.default"
         except RuntimeError:  # the layout cannot be viewed: copy first
             dense = layout_copy(graph, node, channels_last=node.name in prefer)
-            nodes.extend(dense)
             node.op, node.args = "aten.view.default", (dense[-1].outputs[0], shape)
             copies += 1
-        nodes.append(node)
-    graph.nodes = nodes
     if copies:
         ctx.log.append(f"canonicalize: {copies} reshapes of non-contiguous values copy first (clone + view)")

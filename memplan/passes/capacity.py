@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from memplan.errors import BudgetInfeasibleError
 from memplan.ir.graph import Graph
 from memplan.ir.types import eval_bytes
-from memplan.passes.liveness import storage_roots
+from memplan.analysis.liveness import storage_roots
 from memplan.units import format_bytes
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from memplan.ir.graph import PARAM, Graph, map_values
+from memplan.ir.graph import PARAM, Graph
 from memplan.ir.types import TensorType
-from memplan.passes.manager import register_pass
+from memplan.passes.layout import erase_nodes
+from memplan.passes.registry import register_pass
 
 BN = "aten._native_batch_norm_legit_no_training.default"
 CONV = "aten.convolution.default"
@@ -31,8 +32,7 @@ def fold_batchnorm(graph: Graph, ctx) -> Graph:
     """Fold ``conv → batch norm (inference)`` pairs into one convolution."""
     users = graph.users()
     outputs = {v.name for v in graph.outputs}
-    replace = {}
-    removed = set()
+    folded = []  # (batch norm, the convolution output that replaces its result)
     for bn in graph.nodes:
         if bn.op != BN or len(bn.args) < 7:
             continue
@@ -58,14 +58,12 @@ def fold_batchnorm(graph: Graph, ctx) -> Graph:
                                   TensorType(conv.args[1].type.dtype, (int(mu.numel()),)), bias.to(w.dtype))
         conv.args = (conv.args[0], w_value, b_value, *conv.args[3:])
         conv.source_op = f"{conv.source_op or conv.op} + {BN.rsplit('.', 1)[0]}"
-        replace[bn.outputs[0].name] = x
-        removed.add(bn.name)
-    if not removed:
+        folded.append((bn, x))
+    if not folded:
         return graph
-    graph.nodes = [n for n in graph.nodes if n.name not in removed]
-    for node in graph.nodes:
-        node.args = map_values(node.args, lambda v: replace.get(v.name, v))
-        node.kwargs = map_values(node.kwargs, lambda v: replace.get(v.name, v))
-    graph.outputs = [replace.get(v.name, v) for v in graph.outputs]
-    ctx.log.append(f"fold_batchnorm: folded {len(removed)} batch norms into their convolutions")
+    # rewired once every pair is found: ``users`` above describes the graph as it came in
+    for bn, x in folded:
+        graph.replace_all_uses(bn.outputs[0], x, after=bn)
+    erase_nodes(graph, [bn for bn, _ in folded])
+    ctx.log.append(f"fold_batchnorm: folded {len(folded)} batch norms into their convolutions")
     return graph

@@ -23,19 +23,21 @@ The last condition holds in every order (every other reader has run before
 ``n`` overwrites the bytes), so scheduling, allocation and the lower bounds
 stay order-independent: the
 output simply becomes another alias of the input's storage
-(:func:`~memplan.passes.liveness.storage_roots`). The node records it as
+(:func:`~memplan.analysis.liveness.storage_roots`). The node records it as
 ``Node.reuses``, printed ``reuses(%x)`` in the IR; the backend writes with
 ``out=x``; :func:`~memplan.passes.verify_plan.verify_plan` rejects a plan that
 reads a value after it was overwritten. Option ``inplace=False`` turns it off.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from memplan.ir.custom_ops import INPLACE_ARGS
 from memplan.ir.graph import NODE, Graph, Node, Value, iter_values
 from memplan.ir.ops import OpKind, lookup
 from memplan.passes.layout import eager_strides, is_dense
-from memplan.passes.liveness import storage_roots
-from memplan.passes.manager import register_pass
+from memplan.analysis.liveness import storage_roots
+from memplan.passes.registry import register_pass
 
 _KINDS = (OpKind.ELEMENTWISE, OpKind.BROADCAST)
 _COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy"}
@@ -135,7 +137,7 @@ def mark_inplace(graph: Graph) -> list[Node]:
                 continue  # it reads the bytes it would overwrite other than element by element
             if any(not (anc[node.name] >> index[u]) & 1 for u in outside[r] if u != node.name):
                 continue  # some other reader may run after this node
-            node.reuses = x.name
+            node.reuses = x
             gone = roots[out.name]
             for m in members.pop(gone):
                 roots[m] = r
@@ -148,7 +150,14 @@ def mark_inplace(graph: Graph) -> list[Node]:
     return marked
 
 
-@register_pass("inplace", kind="graph")
+@dataclass(frozen=True)
+class InplaceOptions:
+    """Options of ``inplace``."""
+
+    inplace: bool = True  # let elementwise ops overwrite an input nobody else reads
+
+
+@register_pass("inplace", options=InplaceOptions, produces=("inplace",))
 def inplace(graph, ctx):
     """Let elementwise ops overwrite an input nobody else reads (``Node.reuses``)."""
     if ctx.options.get("inplace", True):

@@ -23,12 +23,14 @@ param. Early 3×3 layers run slower lowered (im2col is memory bound), so
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from memplan.ir.graph import PARAM, Graph, Node
 from memplan.ir.types import TensorType
-from memplan.passes.manager import register_pass
+from memplan.passes.registry import register_pass
 
 CONV = "aten.convolution.default"
 
@@ -60,39 +62,45 @@ def workspace_bytes(node: Node) -> int:
 
 
 def lower_one(graph: Graph, node: Node, strides: dict) -> list[Node]:
-    """The nodes that replace ``node`` (its output value is kept, now produced by a view)."""
+    """Lower ``node`` in ``graph``: insert the column buffer and GEMM nodes just before it, and make
+    ``node`` itself the view of the GEMM's result (same name, same output value: its readers are
+    unchanged). Returns the inserted nodes (:func:`restore` undoes the lowering)."""
     x, w, b, stride, padding, dilation = node.args[:6]
     y = node.outputs[0]
     cout, cin, kh, kw = w.type.shape
     hw = math.prod(y.type.shape[2:])
     dt = x.type.dtype
-    start = len(graph.nodes)
-    common = dict(source=node.source, source_op=node.source_op or node.op)
-    viewable = _pointwise(node) and _viewable(x, strides, [cin, hw])
-    if viewable:
-        (cols,) = graph.add_node("aten.view.default", (x, [cin, hw]), {}, [TensorType(dt, (cin, hw))],
-                                 name=f"{node.name}_cols", **common)
+    common = dict(source=node.source, source_op=node.source_op or node.op, before=node)
+    inserted = []
+
+    def add(op, args, t, name):
+        (out,) = graph.add_node(op, args, {}, [t], name=f"{node.name}_{name}", **common)
+        inserted.append(out.producer)
+        return out
+
+    if _pointwise(node) and _viewable(x, strides, [cin, hw]):
+        cols = add("aten.view.default", (x, [cin, hw]), TensorType(dt, (cin, hw)), "cols")
     else:
-        (cols3,) = graph.add_node("aten.im2col.default", (x, [kh, kw], list(dilation), list(padding), list(stride)),
-                                  {}, [TensorType(dt, (1, cin * kh * kw, hw))], name=f"{node.name}_im2col", **common)
-        (cols,) = graph.add_node("aten.view.default", (cols3, [cin * kh * kw, hw]), {},
-                                 [TensorType(dt, (cin * kh * kw, hw))], name=f"{node.name}_cols", **common)
-    (w2,) = graph.add_node("aten.view.default", (w, [cout, cin * kh * kw]), {}, [TensorType(dt, (cout, cin * kh * kw))],
-                           name=f"{node.name}_w", **common)
+        cols3 = add("aten.im2col.default", (x, [kh, kw], list(dilation), list(padding), list(stride)),
+                    TensorType(dt, (1, cin * kh * kw, hw)), "im2col")
+        cols = add("aten.view.default", (cols3, [cin * kh * kw, hw]), TensorType(dt, (cin * kh * kw, hw)), "cols")
+    w2 = add("aten.view.default", (w, [cout, cin * kh * kw]), TensorType(dt, (cout, cin * kh * kw)), "w")
     if b is not None:
-        (b2,) = graph.add_node("aten.view.default", (b, [cout, 1]), {}, [TensorType(b.type.dtype, (cout, 1))],
-                               name=f"{node.name}_b", **common)
-        (y2,) = graph.add_node("aten.addmm.default", (b2, w2, cols), {}, [TensorType(dt, (cout, hw))],
-                               name=f"{node.name}_gemm", **common)
+        b2 = add("aten.view.default", (b, [cout, 1]), TensorType(b.type.dtype, (cout, 1)), "b")
+        y2 = add("aten.addmm.default", (b2, w2, cols), TensorType(dt, (cout, hw)), "gemm")
     else:
-        (y2,) = graph.add_node("aten.mm.default", (w2, cols), {}, [TensorType(dt, (cout, hw))],
-                               name=f"{node.name}_gemm", **common)
-    new = graph.nodes[start:]
-    del graph.nodes[start:]
-    final = Node(node.name, "aten.view.default", (y2, list(y.type.shape)), {}, (y,), node.source,
-                 node.source_op or node.op)
-    y.producer = final
-    return new + [final]
+        y2 = add("aten.mm.default", (w2, cols), TensorType(dt, (cout, hw)), "gemm")
+    node.source_op = node.source_op or node.op
+    node.op, node.args, node.kwargs = "aten.view.default", (y2, list(y.type.shape)), {}
+    return inserted
+
+
+def restore(graph: Graph, node: Node, inserted: list[Node], saved: tuple) -> None:
+    """Undo :func:`lower_one`: ``node`` gets back ``saved`` (its op, args, kwargs and source_op
+    before the lowering) and the inserted nodes go."""
+    node.op, node.args, node.kwargs, node.source_op = saved
+    for n in reversed(inserted):  # readers first
+        graph.erase_node(n)
 
 
 def _viewable(x, strides, shape) -> bool:
@@ -104,34 +112,42 @@ def _viewable(x, strides, shape) -> bool:
         return False
 
 
-def _replace(graph: Graph, node: Node, replacement: list[Node]) -> None:
-    i = graph.nodes.index(node)
-    graph.nodes[i:i + 1] = replacement
+def slotted_scratch(graph: Graph, options: dict) -> tuple[dict[str, int], dict[str, str]]:
+    """Measured scratch of each node with its results in slots wherever the PyTorch kernels can write
+    into given buffers, and those allocation kinds."""
+    from memplan.analysis.planning import SLOT, storage_kinds
+    from memplan.backends.pytorch import PyTorchBackend
 
-
-def _restore(graph: Graph, node: Node, replacement: list[Node]) -> None:
-    i = graph.nodes.index(replacement[0])
-    graph.nodes[i:i + len(replacement)] = [node]
-    node.outputs[0].producer = node
+    backend = PyTorchBackend()
+    kinds = storage_kinds(graph, backend.writes_into)
+    return backend.scratch(graph, {v for v, k in kinds.items() if k == SLOT}, options), kinds
 
 
 def planned_peak(graph: Graph, options: dict) -> int:
-    """Quick planned peak: best heuristic order, greedy arena, measured scratch."""
+    """Quick planned peak: best heuristic order, greedy storage, measured scratch."""
+    from memplan.analysis.planning import schedule_problem
     from memplan.passes.allocate import quick_planned_peak
-    from memplan.passes.schedule import schedule_problem
-    from memplan.passes.scratch import step_scratch
     from memplan.solvers.scheduling import solve_schedule
 
-    temps = step_scratch(graph, options)
+    temps, kinds = slotted_scratch(graph, options)
     result = solve_schedule(schedule_problem(graph, temps), method="heuristic")
-    return quick_planned_peak(graph, [graph.nodes[i].name for i in result.order], temps)[0]
+    order = [graph.nodes[i].name for i in result.order]
+    return quick_planned_peak(graph, order, temps, kinds)[0]
 
 
-@register_pass("lower_conv", kind="graph")
+@dataclass(frozen=True)
+class LowerConvOptions:
+    """Options of ``lower_conv``."""
+
+    conv_lowering: Literal["auto", "always", "never"] = "auto"  # im2col + GEMM: where it plans lower, always, never
+    measure_scratch: bool = True
+    scratch_measure_cap: int | None = None
+
+
+@register_pass("lower_conv", options=LowerConvOptions, produces=("kernels",))
 def lower_conv(graph: Graph, ctx) -> Graph:
     """Lower convolutions to im2col + GEMM where that lowers the planned peak (see module docstring)."""
     from memplan.passes.layout import eager_strides
-    from memplan.passes.scratch import step_scratch
 
     mode = ctx.options.get("conv_lowering", "auto")
     if mode not in ("auto", "always", "never"):
@@ -143,28 +159,28 @@ def lower_conv(graph: Graph, ctx) -> Graph:
     lowered = []
     if mode == "always":
         for node in candidates:
-            _replace(graph, node, lower_one(graph, node, strides))
+            lower_one(graph, node, strides)
             lowered.append(node.name)
     else:
-        scratch = step_scratch(graph, ctx.options)
+        scratch, _kinds = slotted_scratch(graph, ctx.options)
         rest = []
         for node in candidates:  # never worse: the workspace replaces at least as much scratch
             if workspace_bytes(node) <= scratch.get(node.name, 0):
-                _replace(graph, node, lower_one(graph, node, strides))
+                lower_one(graph, node, strides)
                 lowered.append(node.name)
             else:
                 rest.append(node)
         if rest and ctx.options.get("measure_scratch", True):
             best = planned_peak(graph, ctx.options)
             for node in sorted(rest, key=lambda n: -scratch.get(n.name, 0)):
-                replacement = lower_one(graph, node, strides)
-                _replace(graph, node, replacement)
+                saved = (node.op, node.args, node.kwargs, node.source_op)
+                inserted = lower_one(graph, node, strides)
                 trial = planned_peak(graph, ctx.options)
                 if trial < best:
                     best = trial
                     lowered.append(node.name)
                 else:
-                    _restore(graph, node, replacement)
+                    restore(graph, node, inserted, saved)
                     break
     if lowered:
         ctx.log.append(f"lower_conv: {len(lowered)} of {len(candidates)} convolutions run as im2col + GEMM "

@@ -1,60 +1,28 @@
-"""Pass registry and pipeline runner.
+"""The pipeline runner (the registry is :mod:`memplan.passes.registry`).
 
-A pass is one named unit: a *graph pass* ``(Graph, ctx) -> Graph`` or a
-*plan pass* ``(Graph, Plan, ctx) -> Plan``. Passes register by name so the
-CLI can run, time and dump after any of them::
+A pass is one named unit ``(Graph, ctx) -> Graph``: every decision it makes is
+written into the graph (the planned IR is the plan). Solver records (status,
+bound, gap, time) go to ``ctx.records``; the :class:`~memplan.plan.Plan`
+report is derived from the final graph and those records. Passes register by
+name so the CLI can run, time and dump after any of them::
 
-    @register_pass("canonicalize", kind="graph")
+    @register_pass("canonicalize")
     def canonicalize(graph, ctx): ...
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from memplan.errors import MemplanError
 from memplan.ir.graph import Graph
 from memplan.ir.printer import print_graph
 from memplan.outputs import check_output_dir, write_files
+from memplan.passes import builtin  # noqa: F401  (registers the built-in passes)
+from memplan.passes.options import check_options
+from memplan.passes.registry import (DEFAULT_PIPELINE, PASSES, Pass, PassContext, check_pipeline,  # noqa: F401
+                                    option_passes, register_pass)
 from memplan.plan import Plan
-from memplan.target import HardwareSpec
-
-
-@dataclass(frozen=True)
-class Pass:
-    name: str
-    kind: str  # "graph" | "plan"
-    fn: Callable
-    doc: str = ""
-
-
-PASSES: dict[str, Pass] = {}
-
-
-def register_pass(name: str, kind: str):
-    """Decorator registering ``fn`` as pass ``name`` of ``kind`` ``graph`` or ``plan``."""
-    if kind not in ("graph", "plan"):
-        raise ValueError(f"pass kind must be 'graph' or 'plan', got {kind!r}")
-
-    def wrap(fn):
-        PASSES[name] = Pass(name, kind, fn, (fn.__doc__ or "").strip().split("\n")[0])
-        return fn
-    return wrap
-
-
-@dataclass
-class PassContext:
-    """What passes may read: the target, the budget and options; ``log`` collects reasons."""
-
-    target: HardwareSpec
-    memory_budget: int | None = None
-    options: dict = field(default_factory=dict)
-    log: list[str] = field(default_factory=list)
-
-
-DEFAULT_PIPELINE = ["verify", "fold_batchnorm", "mkldnn_conv", "canonicalize", "lower_conv", "inplace", "schedule", "allocate", "verify_plan"]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = None, *,
@@ -69,37 +37,40 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = No
     nothing). Pass wall times land in ``plan.stats["pass_seconds"]``.
     """
     from memplan.ir.verify import verify
-    import memplan.passes  # noqa: F401  (registers the built-in passes)
 
     names = list(pipeline or DEFAULT_PIPELINE)
-    unknown = [n for n in names if n not in PASSES]
-    if unknown:
-        raise MemplanError(f"unknown pass {unknown[0]!r}; passes: {', '.join(sorted(PASSES))}")
+    check_pipeline(names)
+    if ctx.backend is None:
+        from memplan.backends.base import get_backend
+        ctx.backend = get_backend("pytorch")
+    ctx.options = check_options(option_passes(names), ctx.options)
     dumps = _dump_set(dump_after, names)
     if dumps and dump_dir is None:
         raise MemplanError("dumping IR after passes needs a directory (dump_dir / -o)")
     if dumps:
         check_output_dir(Path(dump_dir), "dump directory")
     rendered: dict[str, str] = {}  # file name -> text, written when every pass has run
-    plan = Plan(graph=graph.name, target=ctx.target.name)
     seconds: dict[str, float] = {}
+    ctx.records["pass_seconds"] = seconds
     for index, name in enumerate(names):
         p = PASSES[name]
         start = time.perf_counter()
-        if p.kind == "graph":
-            graph = p.fn(graph, ctx)
-            plan.graph = graph.name
-        else:
-            plan = p.fn(graph, plan, ctx)
+        graph = p.fn(graph, ctx)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-        plan.stats["pass_seconds"] = seconds
-        if verify_each and p.kind == "graph":
+        if verify_each:
             verify(graph)
         if name in dumps:
-            rendered.update(_render_dump(index, p, graph, plan, seconds[name]))
+            rendered.update(_render_dump(index, p, graph, ctx, seconds[name]))
     if rendered:
         write_files(Path(dump_dir), rendered)
-    return graph, plan
+    return graph, report(graph, ctx)
+
+
+def report(graph: Graph, ctx: PassContext) -> Plan:
+    """The :class:`Plan` report of ``graph`` as it stands (checked again: the report's figures are the
+    checker's, not the planner's)."""
+    from memplan.analysis.check import verify_plan
+    return Plan.from_graph(graph, verify_plan(graph, ctx.target), ctx.records, ctx.target.name)
 
 
 def _dump_set(dump_after, names) -> set[str]:
@@ -114,11 +85,11 @@ def _dump_set(dump_after, names) -> set[str]:
     return set(wanted)
 
 
-def _render_dump(index: int, p: Pass, graph: Graph, plan: Plan, sec: float) -> dict[str, str]:
-    """The dump files of one pass: ``{file name: text}``."""
+def _render_dump(index: int, p: Pass, graph: Graph, ctx: PassContext, sec: float) -> dict[str, str]:
+    """The dump files of one pass: ``{file name: text}`` (and the plan report once the graph is planned)."""
     stem = f"{index:02d}-{p.name}"
-    header = f"# memplan IR after pass '{p.name}' ({p.kind} pass, {sec * 1000:.1f} ms)\n"
+    header = f"# memplan IR after pass '{p.name}' ({sec * 1000:.1f} ms)\n"
     files = {f"{stem}.mir": header + print_graph(graph) + "\n"}
-    if p.kind == "plan":
-        files[f"{stem}.plan.json"] = plan.to_json()
+    if graph.storages or any(v.alloc is not None for v in graph.values()):
+        files[f"{stem}.plan.json"] = report(graph, ctx).to_json()
     return files

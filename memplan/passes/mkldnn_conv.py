@@ -24,13 +24,16 @@ decides about them).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD, MKLDNN_CONVS
 from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value
-from memplan.passes.layout import (PLAIN_VIEWS, channels_last_consumers, channels_last_order, copy_to_layout,
-                                   eager_strides, layout_copy, same_layout)
-from memplan.passes.manager import register_pass
+from memplan.passes.layout import (PLAIN_VIEWS, FakeRun, cache_strides, channels_last_consumers, channels_last_order,
+                                   copy_to_layout, eager_strides, erase_nodes, layout_copy, same_layout)
+from memplan.passes.registry import register_pass
 
 CONV = "aten.convolution.default"
 _RELU = {"aten.relu.default", "aten.clamp_min.default"}
@@ -114,37 +117,37 @@ def rewrite_convolutions(graph: Graph) -> tuple[int, int, int]:
         node.outputs = (y,)
         y.producer = node
         node.args = (*args, "relu" if relu is not None else "none")
+    # a convolution that absorbed an add runs where the add ran (after the add's other operand exists)
     fused = set(moved.values())
-    nodes = []
+    order = []
     for n in graph.nodes:
         if n.name in moved:
-            nodes.append(moved[n.name])  # after the add's other operand exists
-        elif n.name not in absorbed and n not in fused:
-            nodes.append(n)
-    graph.nodes = _inputs_channels_last(graph, nodes)
+            order.append(moved[n.name])
+        if n not in fused:
+            order.append(n)
+    graph.reorder(order)
+    # the absorbed relus and adds go: their results are the convolutions' outputs now
+    erase_nodes(graph, [n for n in graph.nodes if n.name in absorbed])
+    _inputs_channels_last(graph)
     _relayout_copies(graph)
     _repair_layouts(graph, before)
     return len(targets), relus, adds
 
 
-def _inputs_channels_last(graph: Graph, nodes: list[Node]) -> list[Node]:
-    """``nodes`` with each graph input that convolutions read copied once into a channels-last
-    buffer before the first of them. oneDNN would reorder an NCHW input inside the kernel, as
-    scratch outside the arena on every call; as a planned copy it is a buffer of the arena, which
-    packs it with whatever else is live then."""
+def _inputs_channels_last(graph: Graph) -> None:
+    """Copy each graph input that convolutions read once into a channels-last buffer, just before
+    the first of them. oneDNN would reorder an NCHW input inside the kernel, as scratch outside
+    the arena on every call; as a planned copy it is a buffer of the arena, which packs it with
+    whatever else is live then."""
     copies: dict[str, Value] = {}
-    out = []
-    for n in nodes:
+    for n in list(graph.nodes):
         x = n.args[0] if n.op in MKLDNN_CONVS else None
         if x is not None and x.kind == INPUT and x.type.rank == 4:
             if x.name not in copies:
                 (copies[x.name],) = graph.add_node(
                     "aten.clone.default", (x,), {"memory_format": torch.channels_last}, [x.type],
-                    name=f"{x.name}_channels_last", source=n.source, source_op=n.source_op)
-                out.append(graph.nodes.pop())
-            n.args = (copies[x.name], *n.args[1:])
-        out.append(n)
-    return out
+                    name=f"{x.name}_channels_last", source=n.source, source_op=n.source_op, before=n)
+            n.args = (copies[x.name], *n.args[1:])  # only convolutions read the copy
 
 
 def _relayout_copies(graph: Graph) -> None:
@@ -154,40 +157,64 @@ def _relayout_copies(graph: Graph) -> None:
     prefer = channels_last_consumers(graph)
     users = graph.users()
     outputs = {v.name for v in graph.outputs}
-    nodes = []
-    for n in graph.nodes:
+    for n in list(graph.nodes):
         readers = users.get(n.outputs[0].name, []) if len(n.outputs) == 1 else []
         if (n.op == "aten.clone.default" and str(n.kwargs.get("memory_format")) == "torch.contiguous_format"
                 and len(readers) == 1 and readers[0].name in prefer and readers[0].op in PLAIN_VIEWS
                 and n.outputs[0].name not in outputs and channels_last_order(readers[0]) is not None):
-            copies = layout_copy(graph, readers[0], channels_last=True, src=n.args[0])
-            nodes.extend(copies)
-            readers[0].args = (copies[-1].outputs[0], *readers[0].args[1:])
-            continue
-        nodes.append(n)
-    graph.nodes = nodes
+            copies = layout_copy(graph, readers[0], channels_last=True, src=n.args[0], before=n)
+            graph.replace_all_uses(n.outputs[0], copies[-1].outputs[0], after=n)
+            graph.erase_node(n)
+
+
+def repair_view_layouts(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """Give every plain ``view`` whose input's layout cannot serve it (a pass changed that layout) a
+    copy of its input, inserted just before it (:func:`~memplan.passes.layout.layout_copy`; laid
+    out so that the view comes out channels-last where only oneDNN convolutions read it). Returns
+    the eager strides of the repaired graph (:func:`~memplan.passes.layout.eager_strides`, which
+    this run also caches): the graph runs on fake tensors once, each copy as it is inserted."""
+    prefer = channels_last_consumers(graph)
+    with FakeRun(graph) as run:
+        for node in list(graph.nodes):
+            try:
+                run.run(node)
+            except (RuntimeError, ValueError):
+                if node.op not in PLAIN_VIEWS:
+                    raise
+                copies = layout_copy(graph, node, node.name in prefer)
+                for copy in copies:
+                    run.run(copy)
+                node.args = (copies[-1].outputs[0], *node.args[1:])
+                run.run(node)
+    strides = run.strides()
+    cache_strides(graph, strides)
+    return strides
 
 
 def _repair_layouts(graph: Graph, before: dict) -> None:
-    """Views the channels-last layout cannot serve copy first; graph outputs keep eager's layout:
-    an output whose strides changed is copied into eager's (:func:`~memplan.passes.layout.copy_to_layout`)."""
-    after = eager_strides(graph, repair_views=True)
-    new_outputs = []
-    copies: dict[str, Value] = {}
-    for v in graph.outputs:
+    """Views the channels-last layout cannot serve copy first (:func:`repair_view_layouts`); graph
+    outputs keep eager's layout: an output whose strides changed is copied into eager's
+    (:func:`~memplan.passes.layout.copy_to_layout`, at the end of the graph)."""
+    after = repair_view_layouts(graph)
+    done: set[str] = set()
+    for v in list(graph.outputs):
         shape = [int(d) for d in v.type.shape] if v.type.is_static else None
-        if (shape is not None and v.kind == NODE and before.get(v.name) is not None
+        if (v.name not in done and shape is not None and v.kind == NODE and before.get(v.name) is not None
                 and not same_layout(shape, after.get(v.name), before[v.name])):
-            if v.name not in copies:
-                nodes = copy_to_layout(graph, v, before[v.name], name=f"{v.name}_eager_layout")
-                graph.nodes.extend(nodes)
-                copies[v.name] = nodes[-1].outputs[0]
-            v = copies[v.name]
-        new_outputs.append(v)
-    graph.outputs = new_outputs
+            done.add(v.name)
+            nodes = copy_to_layout(graph, v, before[v.name], name=f"{v.name}_eager_layout")
+            # only the graph outputs read the copy: no node runs after it
+            graph.replace_all_uses(v, nodes[-1].outputs[0], after=nodes[-1])
 
 
-@register_pass("mkldnn_conv", kind="graph")
+@dataclass(frozen=True)
+class MkldnnConvOptions:
+    """Options of ``mkldnn_conv``."""
+
+    conv_kernel: Literal["mkldnn", "aten"] = "mkldnn"  # oneDNN channels-last convolutions, or aten's
+
+
+@register_pass("mkldnn_conv", options=MkldnnConvOptions, produces=("kernels",))
 def mkldnn_conv(graph, ctx):
     """Run 2-D convolutions by oneDNN in channels-last layout, relus fused (``memplan.mkldnn_conv2d``)."""
     kernel = ctx.options.get("conv_kernel", "mkldnn")

@@ -1,89 +1,84 @@
-"""Pass ``schedule``: the operator order that minimises the peak of live bytes.
+"""Pass ``schedule``: put the nodes in the order that minimises the peak of live bytes.
 
 The graph becomes a plain :class:`~memplan.solvers.sched_problem.ScheduleProblem`
 (one buffer per storage root; views give their readers to their base; graph
-outputs are kept to the end; ops without an ``out=`` variant carry their
-result as scratch), which :func:`~memplan.solvers.scheduling.solve_schedule`
-solves: a portfolio of heuristics, then exact CP-SAT on the segments of a
-decomposition at cut points, each distinct segment solved once. The plan
-records the order, its peak, the baselines and the solver's status and gap.
-Before it measures any scratch, :func:`~memplan.passes.capacity.check_capacity`
-refuses a graph that no order could fit in the target's tier or the budget.
+outputs are kept to the end; each step carries the scratch its kernel needs),
+which :func:`~memplan.solvers.scheduling.solve_schedule` solves: a portfolio of
+heuristics, then exact CP-SAT on the segments of a decomposition at cut points,
+each distinct segment solved once. The pass reorders ``graph.nodes`` (the
+order of the nodes *is* the schedule) and records the solver's status, bound
+and gap and the baselines in ``ctx.records``. Before it measures any scratch,
+:func:`~memplan.passes.capacity.check_capacity` refuses a graph that no order
+could fit in the target's tier or the budget.
 """
 from __future__ import annotations
 
-from memplan.ir.graph import Graph
-from memplan.ir.types import eval_bytes
+from dataclasses import dataclass
+
+from memplan.analysis.liveness import liveness
+from memplan.analysis.planning import SLOT, budget_error, liveness_stats, schedule_problem, storage_kinds
 from memplan.passes.capacity import check_capacity
-from memplan.passes.liveness import liveness, storage_roots
-from memplan.passes.scratch import step_scratch
-from memplan.passes.manager import register_pass
-from memplan.solvers.sched_problem import Buf, ScheduleProblem
+from memplan.passes.registry import register_pass
 from memplan.solvers.scheduling import solve_schedule
 
 
-def schedule_problem(graph: Graph, temps: dict[str, int] | None = None) -> ScheduleProblem:
-    """The scheduling instance of ``graph`` (node ``i`` is ``graph.nodes[i]``)."""
-    index = {n.name: i for i, n in enumerate(graph.nodes)}
-    producer = {v.name: index[n.name] for n in graph.nodes for v in n.outputs}
-    roots = storage_roots(graph)
-    preds: list[list[int]] = []
-    users: dict[str, set[int]] = {}
-    for i, node in enumerate(graph.nodes):
-        preds.append(sorted({producer[v.name] for v in node.inputs if v.name in producer}))
-        for v in node.inputs:
-            if roots[v.name] in producer:
-                users.setdefault(roots[v.name], set()).add(i)
-    keep = {roots[v.name] for v in graph.outputs}
-    buffers = []
-    for node in graph.nodes:
-        for v in node.outputs:
-            if roots[v.name] == v.name:
-                buffers.append(Buf(eval_bytes(v.nbytes), index[node.name], tuple(users.get(v.name, ())),
-                                   v.name in keep))
-    temp = [(temps or {}).get(n.name, 0) for n in graph.nodes]
-    return ScheduleProblem(len(graph.nodes), preds, buffers, temp, names=[n.name for n in graph.nodes])
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """Options of ``schedule``."""
+
+    schedule_method: str = "auto"           # auto, exact, heuristic, or a heuristic's name (baseline, ...)
+    schedule_time_limit: float = 5.0        # seconds for the exact solver
+    measure_scratch: bool = True            # measure each kernel's scratch on this host (else: estimate)
+    scratch_measure_cap: int | None = None  # most bytes of tensors one measurement may allocate
 
 
-@register_pass("schedule", kind="plan")
-def schedule(graph, plan, ctx):
-    """Choose the order (``plan.schedule``) and record its liveness and solver statistics."""
+def backend_of(ctx):
+    """The backend planning is for (the PyTorch one unless the context names another)."""
+    if ctx.backend is None:
+        from memplan.backends.base import get_backend
+        ctx.backend = get_backend("pytorch")
+    return ctx.backend
+
+
+def planned_scratch(graph, ctx) -> dict[str, int]:
+    """Scratch of each node when it writes into a slot wherever it can (measured once per graph
+    version and kept in ``ctx.records``)."""
+    kinds = storage_kinds(graph, backend_of(ctx).writes_into)
+    key = (id(graph), tuple(id(n) for n in graph.nodes), tuple(sorted(kinds.items())))
+    cached = ctx.records.get("_scratch")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    temps = backend_of(ctx).scratch(graph, {v for v, k in kinds.items() if k == SLOT}, ctx.options, ctx.log)
+    ctx.records["_scratch"] = (key, temps)
+    return temps
+
+
+@register_pass("schedule", options=ScheduleOptions, produces=("order",))
+def schedule(graph, ctx):
+    """Reorder the nodes into the order of least peak memory; record the solver's figures."""
     check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
-    temps = step_scratch(graph, ctx.options, ctx.log)
+    temps = planned_scratch(graph, ctx)
     problem = schedule_problem(graph, temps)
     result = solve_schedule(problem, time_limit=float(ctx.options.get("schedule_time_limit", 5.0)),
                             method=ctx.options.get("schedule_method", "auto"))
-    plan.schedule = [graph.nodes[i].name for i in result.order]
-    live = liveness(graph, plan.schedule, temps=temps)
+    topological = [n.name for n in graph.nodes]
+    graph.reorder([graph.nodes[i] for i in result.order])
+    live = liveness(graph, temps=temps)
     assert live.peak_bytes == result.peak, "liveness and the scheduling instance disagree"
-    plan.stats.update(liveness_stats(graph, live))
-    plan.stats.update({
+    stats = ctx.records.setdefault("stats", {})
+    stats.update(liveness_stats(graph, live))
+    stats.update({
         "topological_peak_bytes": result.baseline_peak,
         "live_profile": live.live_bytes,
-        "topological_live_profile": liveness(graph, [n.name for n in graph.nodes], temps=temps).live_bytes,
+        "topological_live_profile": liveness(graph, topological, temps=temps).live_bytes,
         "heuristic_peak_bytes": result.heuristic_peak,
         "heuristic_peaks": result.heuristic_peaks,
         "lower_bound_bytes": result.lower_bound,
-        "scratch_bytes": temps,
     })
     if ctx.memory_budget is not None and result.peak > ctx.memory_budget:
-        from memplan.passes.allocate import budget_error
-        raise budget_error(graph, plan, live, ctx.memory_budget, result.peak)
-    plan.stats.setdefault("solves", []).append({
+        raise budget_error(live, ctx.memory_budget, result.peak, result.lower_bound)
+    stats.setdefault("solves", []).append({
         "pass": "schedule", "method": result.method, "status": result.status, "objective": result.peak,
         "bound": result.lower_bound, "gap": round(result.gap, 6), "wall_s": round(result.wall_s, 4),
         "segments": len(result.segments), "notes": result.notes})
-    return plan
-
-
-def liveness_stats(graph, live) -> dict:
-    """The plan statistics of one liveness result."""
-    peak_node = live.schedule[live.peak_step] if live.peak_step >= 0 else ""
-    return {
-        "peak_bytes": live.peak_bytes,
-        "peak_step": live.peak_step,
-        "peak_node": peak_node,
-        "resident_bytes": live.resident_bytes,
-        "live_at_peak": [{"value": r.value, "bytes": r.nbytes, "start": r.start, "end": r.end,
-                          "source": r.source} for r in live.top_buffers(10)],
-    }
+    return graph

@@ -1,6 +1,6 @@
 """Pass ``verify``: check the IR invariants (see :func:`memplan.ir.verify.verify`)."""
 from memplan.ir.verify import verify as verify_graph
-from memplan.passes.manager import register_pass
+from memplan.passes.registry import register_pass
 
 
 @register_pass("verify", kind="graph")

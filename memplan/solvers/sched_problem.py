@@ -4,7 +4,7 @@ A :class:`ScheduleProblem` is a plain DAG of ``n`` nodes with buffers; it knows
 nothing of torch or ONNX. A buffer is allocated when its producer runs and is
 freed after the last of its users runs; a kept buffer (a graph output) lives to
 the end; a buffer nobody reads lives only during its producer's step. This is
-exactly the rule of :func:`memplan.passes.liveness.liveness`: at step ``i`` a
+exactly the rule of :func:`memplan.analysis.liveness.liveness`: at step ``i`` a
 buffer counts if it was produced at or before ``i`` and is last used at or
 after ``i``.
 

@@ -25,13 +25,16 @@ def test_small_models_match_eager(name, model, inputs):
 
 def test_arena_source_is_traceable():
     model, inputs = cases()[1][1:]
-    cm = memplan.compile(model, inputs)
+    cm = memplan.compile(model, inputs, options={"allocation": "storage"})
     src = cm.source
     arena = cm.plan.stats["arena_bytes"]
-    assert f"arena = torch.empty({arena}, dtype=torch.uint8)" in src
+    (storage,) = cm.graph.storages
+    assert f"{storage} = torch.empty({arena}, dtype=torch.uint8)" in src
     assert re.search(r"^    torch\.addmm\(.*out=\w+\)  # \d+: from aten\.addmm, qkv$", src, re.M), \
         "ops write into their planned slot, each traced to its op and module"
-    assert "scaled_dot_product_attention.default" in src and "no out= variant" in src
+    (sdpa,) = [n for n in cm.graph.nodes if "scaled_dot_product" in n.op]
+    assert sdpa.outputs[0].alloc.kind == "kernel", "an op without an out= form owns its result: never copied"
+    assert re.search(r"^    \w+ = aten\.scaled_dot_product\w*\.default\(", src, re.M) and ".copy_(" not in src
     assert src.count("torch.empty(") == 1 + sum(1 for line in src.splitlines() if "torch.empty([" in line)
 
 

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from memplan.frontend.onnx_backend import MemplanBackend
+from memplan.testing.onnx_backend import MemplanBackend
 
 
 def _load_suite():

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import memplan
 from memplan.errors import InputMismatchError, ModelLoadError, UnsupportedOpError
 from memplan.frontend.onnx import from_onnx, input_shapes_from_spec
-from memplan.frontend.onnx_backend import MemplanBackend
+from memplan.testing.onnx_backend import MemplanBackend
 from memplan.frontend.onnx_ops import supported_onnx_ops
 
 ort = pytest.importorskip("onnxruntime")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from memplan.ir.custom_ops import _constant_pad_nd_out, _max_pool2d_out
-from memplan.ir.ops import out_variant
+from memplan.backends.pytorch_kernels import out_variant
 
 
 @pytest.mark.parametrize("shape,pad", [((1, 3, 5, 5), [0, 1, 0, 1]), ((2, 4, 6), [1, 2]),

@@ -149,5 +149,25 @@ def test_labels_reuses_loc_and_comments_parse():
     """
     g = parse(text)
     assert g.nodes[0].name == "relu_node" and g.nodes[0].source == "layer # 1"
-    assert g.nodes[1].reuses == "y"
+    assert g.nodes[1].reuses is g.nodes[0].outputs[0] and g.nodes[1].reuses.name == "y"
     rejected(text.replace("reuses(%y)", "reuses(%w)"), "reuses\\(%w\\) names a value the call does not read")
+
+
+@pytest.mark.parametrize("line,match", [
+    ("storage %s = memplan.storage('dram', " + "1" * 100_000 + ")", "integer literal of 100000 digits"),
+    ("storage %s = memplan.storage('dram', 99999999999999999999)", "not below the limit of 2\\*\\*62"),
+    ("storage %s = memplan.storage('" + "d" * 100_000 + "', 8)", "bad tier name 'ddd"),
+    ("%y: f32[2]@" + "d" * 100_000 + " = aten.relu.default(%x)", "bad memory space name 'ddd"),
+    ("%y: f32[2] own([" + ", ".join(["1"] * 100_000) + "]) = aten.relu.default(%x)", "more than 1 entries"),
+    ("%y: f32[2] own([" + "-" * 100_000 + "1]) = aten.relu.default(%x)", "expected an integer"),
+    ("%y: f32[2] = aten.relu.default(%x) scratch(" + "9" * 100_000 + ")", "integer literal of 100000 digits"),
+    ("%y: f32[2] = aten.relu.default(%x) scratch(-0x10)", "unexpected character|expected"),
+    ("%y: f32[2] = aten.relu.default(%x) recomputes(%" + "z" * 100_000 + ")", "names a value not defined"),
+    ("attr a = " + "[" * 10_000, "expected an int, a float"),
+    ("attr a = '" + "x" * 100_000, "unterminated string"),
+    ("attr " + "a." * 50_000 + " = __import__('os').system('x')", "expected an int, a float"),
+])
+def test_hostile_plan_annotations_are_parse_errors(line, match):
+    error = rejected("graph g(%x: f32[2]) {\n  " + line + "\n  return %x\n}", match)
+    assert str(error).startswith("line 2: ")
+    assert "ddddd" * 30 not in str(error) and "zzzzz" * 30 not in str(error)

@@ -10,7 +10,7 @@ from memplan.errors import IRVerificationError, PlanVerificationError
 from memplan.ir.parser import parse
 from memplan.ir.printer import print_graph
 from memplan.ir.verify import verify
-from memplan.passes.liveness import storage_roots
+from memplan.analysis.liveness import storage_roots
 from memplan.passes.verify_plan import verify_plan
 from memplan.profiling import timeline_peak
 
@@ -43,17 +43,22 @@ def test_chain_runs_in_place_and_matches_eager():
     assert ops == {"aten.clamp_min.default", "aten.add.Tensor", "aten.mul.Tensor", "aten.sigmoid.default"}
     add = next(n for n in cm.graph.nodes if n.op == "aten.add.Tensor")
     # add reads both relus; it may only overwrite the one no other node reads
-    assert add.reuses == add.inputs[0].name
+    assert add.reuses is add.inputs[0]
     torch.testing.assert_close(cm(x), model(x))
     assert "reuses(%" in cm.ir and "(in place)" in cm.source
     assert timeline_peak(cm, x)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
 
 
 def test_inplace_lowers_the_plan_and_can_be_switched_off():
+    # a static storage: in-place results share their input's slot, so the storage shrinks. (Freeing
+    # each value at its last use, this model's peak is the second conv's step, where its input, its
+    # output and its scratch are live whether the relus run in place or not.)
     model, x = ConvBlock().eval(), torch.randn(1, 3, 32, 32)
-    on = memplan.compile(model, (x,), options={"conv_lowering": "never", "conv_kernel": "aten"})
-    off = memplan.compile(model, (x,), options={"conv_lowering": "never", "conv_kernel": "aten", "inplace": False})
+    options = {"conv_lowering": "never", "conv_kernel": "aten", "allocation": "storage"}
+    on = memplan.compile(model, (x,), options=options)
+    off = memplan.compile(model, (x,), options={**options, "inplace": False})
     assert not _reuses(off)
+    assert on.plan.stats["arena_bytes"] < off.plan.stats["arena_bytes"]
     assert on.plan.stats["planned_peak_bytes"] < off.plan.stats["planned_peak_bytes"]
     torch.testing.assert_close(on(x), off(x))
 
@@ -114,31 +119,43 @@ def test_ir_text_round_trips_and_verifier_checks_reuse():
     text = print_graph(cm.graph)
     again = parse(text)
     assert again == cm.graph and print_graph(again) == text
+    # the parsed planned graph is the plan: the checker finds the same peak in it
+    assert verify_plan(again).planned_peak_bytes == cm.plan.stats["planned_peak_bytes"]
+    for a, b in zip(cm.graph.nodes, again.nodes):
+        assert (a.reuses and a.reuses.name) == (b.reuses and b.reuses.name)
+        assert b.reuses is None or any(b.reuses is v for v in b.inputs)
     broken = parse(text)
     node = next(n for n in broken.nodes if n.reuses is not None)
     other = next(n for n in broken.nodes if n.op == "aten.sum.dim_IntList")
-    other.reuses = other.inputs[0].name  # a reduction's output is smaller than its input
+    other.reuses = other.inputs[0]  # a reduction's output is smaller than its input
     with pytest.raises(IRVerificationError, match="types differ"):
         verify(broken)
+    # a reduction reads every element of what it would overwrite (and here its output, a graph output,
+    # would take the bytes of a value in the storage: whichever the checker meets first rejects it)
+    with pytest.raises(PlanVerificationError, match=r"node sum_\w* \(aten.sum.dim_IntList\) overwrites %\w+ in place"
+                       r"|graph output %\w+ \(viewed or overwritten by a graph output\) lives in storage"):
+        verify_plan(broken)
     other.reuses = None
-    node.reuses = "x"  # not an input of that node
+    node.reuses = broken.inputs[0]  # %x: not an input of that node
     with pytest.raises(IRVerificationError, match="does not read"):
         verify(broken)
+    with pytest.raises(PlanVerificationError, match="which is not one of its inputs"):
+        verify_plan(broken)
 
 
 def test_plan_verifier_rejects_reading_an_overwritten_value():
     model, x = SharedInput(), torch.randn(8, 8)
     cm = memplan.compile(model, (x,))
     graph = copy.deepcopy(cm.graph)
+    verify_plan(graph)  # as planned: sound
     relu = next(n for n in graph.nodes if n.op == "aten.clamp_min.default")
-    relu.reuses = relu.inputs[0].name  # illegal: the add still reads it afterwards
-    plan = copy.deepcopy(cm.plan)
+    assert relu.reuses is None and relu.outputs[0].alloc is not None
+    relu.reuses = relu.inputs[0]  # illegal: the add still reads it afterwards
     with pytest.raises(PlanVerificationError, match="owns no bytes"):
-        verify_plan(graph, plan)  # the in-place result may not keep a slot of its own
-    for offsets in plan.allocation.values():
-        offsets.pop(relu.outputs[0].name, None)
-    with pytest.raises(PlanVerificationError, match="overwrote its storage in place"):
-        verify_plan(graph, plan)
+        verify_plan(graph)  # the in-place result may not keep an allocation of its own
+    relu.outputs[0].alloc = None
+    with pytest.raises(PlanVerificationError, match="reads %.* after node .* overwrote its storage in place"):
+        verify_plan(graph)
 
 
 def test_plan_verifier_rejects_overwriting_a_graph_output():
@@ -149,8 +166,10 @@ def test_plan_verifier_rejects_overwriting_a_graph_output():
     x = torch.randn(4, 4)
     cm = memplan.compile(M(), (x,))
     graph = copy.deepcopy(cm.graph)
+    verify_plan(graph)  # as planned: sound
     relu = next(n for n in graph.nodes if n.op == "aten.clamp_min.default")
     assert relu.reuses is None
-    relu.reuses = relu.inputs[0].name
-    with pytest.raises(PlanVerificationError, match="graph output"):
-        verify_plan(graph, copy.deepcopy(cm.plan))
+    relu.reuses = relu.inputs[0]
+    relu.outputs[0].alloc = None  # an in-place result owns no bytes
+    with pytest.raises(PlanVerificationError, match="overwrites graph output %.* in place"):
+        verify_plan(graph)

@@ -1,6 +1,6 @@
 """Liveness: live ranges, per-step bytes, peak, views extending their base."""
 from memplan.ir.parser import parse
-from memplan.passes.liveness import liveness
+from memplan.analysis.liveness import liveness
 
 CHAIN = """
 graph chain(%x: f32[256]) {

@@ -37,7 +37,7 @@ class Net(nn.Module):
 
 def test_rewrite_matches_eager_and_keeps_output_layout():
     model, x = Net().eval(), torch.randn(1, 3, 32, 32)
-    cm = memplan.compile(model, (x,))
+    cm = memplan.compile(model, (x,), options={"allocation": "storage"})
     convs = [n for n in cm.graph.nodes if n.op == MKLDNN_CONV2D]
     assert len(convs) == 3 and not any(n.op == "aten.convolution.default" for n in cm.graph.nodes)
     assert [n.args[-1] for n in convs] == ["relu", "none", "relu"]
@@ -111,8 +111,8 @@ def test_graph_input_and_shuffled_conv_inputs_are_channels_last_copies_with_no_s
 
 
 def test_clone_into_a_slot_needs_no_scratch():
-    from memplan.ir.ops import out_variant, resolve_out
-    from memplan.passes.scratch import step_scratch
+    from memplan.backends.pytorch_kernels import out_variant, resolve_out
+    from memplan.backends.pytorch_scratch import step_scratch
     out_op, args = out_variant("aten.clone.default")
     assert out_op == "memplan.clone.out" and args == ["out"]
     x = torch.randn(1, 8, 6, 6).permute(0, 2, 3, 1)
@@ -123,3 +123,53 @@ def test_clone_into_a_slot_needs_no_scratch():
     cm = memplan.compile(model, (torch.randn(1, 24, 20, 20),))
     clones = [n.name for n in cm.graph.nodes if n.op == "aten.clone.default"]
     assert clones and all(step_scratch(cm.graph, {}).get(c, 0) == 0 for c in clones)
+
+
+class Residual(nn.Module):
+    """conv + relu, conv + residual add, then outputs in several layouts (permuted, transposed,
+    plain, flattened): each output keeps eager's strides though the convolutions are channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.d = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.c(x))
+        z = self.d(y) + y
+        return z.permute(0, 2, 3, 1), z, z.transpose(2, 3), z.reshape(1, -1)
+
+
+def test_outputs_keep_eager_layout_through_inserted_copies():
+    model, x = Residual().eval(), torch.randn(1, 3, 10, 12)
+    cm = memplan.compile(model, (x,))
+    ops = [n.op for n in cm.graph.nodes]
+    assert ops.count(MKLDNN_CONV2D) == 1 and ops.count("memplan.mkldnn_conv2d_add") == 1
+    names = [n.name for n in cm.graph.nodes]
+    # a permuted output is copied in three steps (permute, contiguous copy, inverse permute), in order
+    i = names.index("permute_eager_layout_order")
+    assert names[i:i + 3] == ["permute_eager_layout_order", "permute_eager_layout_copy", "permute_eager_layout"]
+    with torch.no_grad():
+        got, want = cm(x), model(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+        assert g.stride() == w.stride()
+
+
+def test_the_rewrite_runs_the_graph_on_fake_tensors_twice_and_caches_the_result():
+    """Once for the layouts before the rewrite, once while repairing views (which inserts their
+    copies as it goes); the strides of the rewritten graph are then known without a third run."""
+    from memplan.api import lower
+    from memplan.passes import layout
+    from memplan.passes.mkldnn_conv import rewrite_convolutions
+
+    graph = lower(Net().eval(), (torch.randn(1, 3, 32, 32),))
+    layout.clear_stride_cache()
+    start = layout.fake_runs()
+    assert rewrite_convolutions(graph) == (3, 2, 0)
+    assert layout.fake_runs() - start == 2
+    views = [n for n in graph.nodes if n.op == "aten.view.default"]
+    assert views and views[0].args[0].producer.name == "view_contiguous", "the flatten got a copy"
+    strides = eager_strides(graph)  # only the output copies were appended since the repair
+    assert layout.fake_runs() - start == 3
+    assert eager_strides(graph) == strides and layout.fake_runs() - start == 3

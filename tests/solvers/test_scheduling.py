@@ -89,7 +89,7 @@ def chain_of_blocks(blocks, heads=3):
 def test_live_profile_matches_the_liveness_pass():
     """The chain of tests/passes/test_liveness.py: the view %v gives its reads to its base %a."""
     from memplan.ir.parser import parse
-    from memplan.passes.liveness import liveness
+    from memplan.analysis.liveness import liveness
     text = """
 graph chain(%x: f32[256]) {
   %a: f32[256] = aten.relu.default(%x)

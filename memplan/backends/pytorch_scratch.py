@@ -1,19 +1,19 @@
 """Scratch memory of each step, measured: what a kernel allocates beyond its planned output.
 
 A plan is only a promise if it counts every byte the run allocates. Besides
-the planned buffers, a step needs
+the planned values, a step needs the workspace some kernels allocate inside
+(a convolution's column buffer, attention's per-thread blocks and
+log-sum-exp, the temporary of an ``out=`` form that computes and copies).
+A kernel-owned result (an op with no ``out=`` form allocates it) is a planned
+value, not scratch: it is never copied into a slot.
 
-- the result of an op with no ``out=`` variant, which the backend copies into
-  its slot (fused attention, ``arange``, ...), and
-- the workspace some kernels allocate inside (a convolution's column buffer,
-  attention's per-thread blocks and log-sum-exp).
-
-Neither is visible in the op's signature, so memplan measures it the way the
-backend will run it: each distinct (op, input types, arguments) runs once on
-this host under the profiler's memory timeline, with its output slots
-allocated beforehand, and the bytes it allocates at its peak are its scratch.
-Results are cached per process. ``estimate_scratch`` gives the static part
-(copied results only) where measuring is switched off.
+Scratch is not visible in the op's signature, so memplan measures it the way
+the backend will run it: each distinct (op, input types, arguments, where the
+outputs go) runs once on this host under the profiler's memory timeline, with
+its output slots allocated beforehand (or, for a kernel-owned result, minus the
+result itself), and the bytes it allocates at its peak are its scratch.
+Results are cached per process. ``estimate_scratch`` gives 0 where measuring
+is switched off (no result is ever copied).
 
 Measuring allocates the node's tensors for real, so it is bounded: a node
 whose inputs and outputs together exceed :func:`measure_cap` (256 MiB, or a
@@ -27,11 +27,13 @@ import os
 import torch
 
 from memplan.ir.graph import Graph, Node, map_values
-from memplan.ir.ops import lookup, out_variant, resolve_out
+from memplan.ir.regions import REGION_OPS
+from memplan.backends.pytorch_kernels import out_variant, resolve_out
+from memplan.ir.ops import lookup
 from memplan.ir.printer import format_arg
 from memplan.ir.types import eval_bytes
 from memplan.passes.layout import slot_strides
-from memplan.passes.liveness import storage_roots
+from memplan.analysis.liveness import storage_roots
 from memplan.profiling import available_memory
 from memplan.units import format_bytes
 
@@ -55,20 +57,27 @@ def measured_bytes(node: Node, weights) -> int:
     return sum(eval_bytes(v.nbytes) for v in (*inputs.values(), *node.outputs))
 
 
-def estimate_scratch(graph: Graph) -> dict[str, int]:
-    """Static scratch: the fresh result of each op without an ``out=`` variant that goes to the arena."""
+def out_flags(graph: Graph, slotted: set[str]) -> dict[str, list[bool]]:
+    """Per node, per output: does the kernel write it through its ``out=`` form into a buffer given
+    to it (a slot of ``slotted``, or the input it overwrites in place)?"""
+    return {n.name: [n.reuses is not None or v.name in slotted for v in n.outputs] for n in graph.nodes}
+
+
+def estimate_scratch(graph: Graph, flags: dict[str, list[bool]] | None = None) -> dict[str, int]:
+    """Static scratch: the fresh result an op with no ``out=`` form would need copying into a slot
+    (none in plans memplan makes: such results are kernel-owned)."""
     roots = storage_roots(graph)
-    keep = {roots[v.name] for v in graph.outputs}
     temps: dict[str, int] = {}
     for node in graph.nodes:
-        copied = _static_scratch(node, roots, [v.name not in keep for v in node.outputs])
+        in_arena = (flags or {}).get(node.name, [False] * len(node.outputs))
+        copied = _static_scratch(node, roots, in_arena)
         if copied:
             temps[node.name] = copied
     return temps
 
 
-def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]], *, cap: int | None = None,
-                    log: list[str] | None = None) -> dict[str, int]:
+def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]], flags: dict[str, list[bool]], *,
+                    cap: int | None = None, log: list[str] | None = None) -> dict[str, int]:
     """Scratch bytes of every step, measured on this host (see the module docstring).
 
     A node whose tensors exceed ``cap`` bytes (default :func:`measure_cap`) is not run: it gets
@@ -78,15 +87,12 @@ def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]], *, cap: i
 
     cap = measure_cap({}) if cap is None else cap
     roots = storage_roots(graph)
-    keep = {roots[v.name] for v in graph.outputs}
     weights = None
     temps: dict[str, int] = {}
     for node in graph.nodes:
         if node.subgraph is not None or lookup(node.op).view:
             continue
-        # an in-place output is written into its input's slot, like any slot of the arena
-        in_arena = [(roots[v.name] == v.name or node.reuses is not None) and v.name not in keep
-                    for v in node.outputs]
+        in_arena = flags.get(node.name, [False] * len(node.outputs))
         key = _signature(node, in_arena, strides)
         if key not in _CACHE:
             touched = measured_bytes(node, graph.weights)
@@ -187,12 +193,40 @@ def _measure(node: Node, weights, strides, in_arena, fill: int) -> int:
     return max(0, timeline_peak(call_out)["activation_peak"])
 
 
-def step_scratch(graph: Graph, options: dict, log: list[str] | None = None) -> dict[str, int]:
-    """Scratch per node: measured (default) or, with ``options["measure_scratch"] = False``, estimated.
+def step_scratch(graph: Graph, options: dict, log: list[str] | None = None,
+                 slotted: set[str] = frozenset()) -> dict[str, int]:
+    """Scratch per node when the values of ``slotted`` are written into given buffers through the
+    ``out=`` form and every other result is kernel-owned: measured (default) or, with
+    ``options["measure_scratch"] = False``, estimated.
 
     Measuring is bounded by :func:`measure_cap`; ``log`` collects a line per node estimated instead.
     """
+    flags = out_flags(graph, set(slotted))
     if options.get("measure_scratch", True):
         from memplan.passes.layout import eager_strides
-        return measure_scratch(graph, eager_strides(graph), cap=measure_cap(options), log=log)
-    return estimate_scratch(graph)
+        temps = measure_scratch(graph, eager_strides(graph), flags, cap=measure_cap(options), log=log)
+    else:
+        temps = estimate_scratch(graph, flags)
+    for node in graph.nodes:
+        if node.op in REGION_OPS:
+            temps[node.name] = region_scratch(node, options, log)
+    return {name: n for name, n in temps.items() if n}
+
+
+def region_scratch(node: Node, options: dict, log: list[str] | None = None) -> int:
+    """What a region node needs beyond its outputs: its body run with every value kernel-owned and
+    freed at its last use (a loop: one trip, its results included, which are copied into the
+    output buffers; a group: its intermediates, its results being its outputs)."""
+    from memplan.analysis.liveness import liveness
+    from memplan.ir.regions import LOOP
+
+    body = node.subgraph
+    live = liveness(body, temps=step_scratch(body, options, log, set()))
+    if node.op == LOOP:
+        return live.peak_bytes
+    results = {r for r in (live.alias_of.get(v.name, v.name) for v in body.outputs)}
+    worst = 0
+    for i, total in enumerate(live.live_bytes):
+        held = sum(r.nbytes for r in live.ranges.values() if r.value in results and r.start <= i <= r.end)
+        worst = max(worst, total - held)
+    return worst

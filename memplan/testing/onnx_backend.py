@@ -25,24 +25,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from onnx.backend.base import Backend, BackendRep
 
+import memplan
 from memplan.errors import InputMismatchError
-from memplan.frontend.onnx import (NeedsConstantError, array_to_tensor, load_model, prepare_model,
-                                   tensor_to_array, torch_dtype_of)
-
-# ONNX element types the backend claims (no uint16/32/64: aten lacks most kernels; no complex, float8, int4,
-# strings).
-CLAIMED_ELEM_TYPES = frozenset({1, 2, 3, 5, 6, 7, 9, 10, 11, 16})
+from memplan.frontend.onnx import from_onnx, load_model, prepare_model
+# CLAIMED_ELEM_TYPES: the ONNX element types the backend claims (no uint16/32/64: aten lacks most kernels;
+# no complex, float8, int4, strings); the op table's ``claim`` predicates read them too
+from memplan.frontend.onnx_common import (CLAIMED_ELEM_TYPES, NeedsConstantError, array_to_tensor, attributes,
+                                          tensor_to_array, torch_dtype_of)
+from memplan.frontend.onnx_ops import ONNX_OPS  # the whole table (its modules register on import)
 
 
 def claim_reason(model) -> str | None:
     """Why memplan does not claim ``model`` (None when it does)."""
-    import onnx
-    from memplan.frontend.onnx_ops import ONNX_OPS, supported_onnx_ops
-
-    supported_onnx_ops()
     try:
         model = prepare_model(load_model(model))
     except Exception as exc:  # noqa: BLE001
@@ -68,7 +66,6 @@ def claim_reason(model) -> str | None:
                     ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
     except Exception:  # noqa: BLE001
         pass
-    from memplan.frontend.onnx import attributes
     for node in g.node:
         if node.domain not in ("", "ai.onnx"):
             return f"domain {node.domain}"
@@ -115,7 +112,6 @@ class MemplanRep(BackendRep):
 
         ``values_known=False`` (prepare's placeholder data): an input found to decide shapes is
         recorded as bound and compilation waits for its real value."""
-        import memplan
         while True:
             free = {k: v for k, v in tensors.items() if k not in self.bound}
             key = (tuple((k, str(v.dtype), tuple(v.shape)) for k, v in free.items()),
@@ -123,7 +119,6 @@ class MemplanRep(BackendRep):
             if key in self.compiled:
                 return self.compiled[key], free
             try:
-                from memplan.frontend.onnx import from_onnx
                 graph = from_onnx(self.model, free, bind_inputs={k: tensors[k] for k in self.bound})
                 cm = memplan.compile(graph)
             except NeedsConstantError as exc:

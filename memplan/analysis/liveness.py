@@ -51,7 +51,7 @@ def storage_roots(graph: Graph) -> dict[str, str]:
     root: dict[str, str] = {v.name: v.name for v in graph.values()}
     for node in graph.nodes:
         if node.reuses is not None:
-            root[node.outputs[0].name] = root[node.reuses]
+            root[node.outputs[0].name] = root[node.reuses.name]
             continue
         opdef = lookup(node.op, node=node.name)
         if opdef.view and node.inputs:
