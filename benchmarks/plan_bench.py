@@ -51,6 +51,12 @@ def _solve_seconds(plan) -> float:
     return sum(s["wall_s"] for s in plan.stats.get("solves", []))
 
 
+def _slots(graph) -> str:
+    """How the plan holds the values that own bytes: in a slot / kernel-owned (own buffers: outputs)."""
+    kinds = [v.alloc.kind for v in graph.values() if v.alloc is not None]
+    return f"{kinds.count('slot')}/{kinds.count('kernel')}"
+
+
 def _row(label, cm, eager_peak, inductor_peak, measured, ratio) -> dict:
     s = cm.plan.stats
     joint = s["joint"]["candidates"]
@@ -58,6 +64,7 @@ def _row(label, cm, eager_peak, inductor_peak, measured, ratio) -> dict:
             "topo": s["topological_peak_bytes"], "heuristic": s["heuristic_peak_bytes"],
             "order": s["peak_bytes"], "bound": s["lower_bound_bytes"],
             "topo_arena": joint["baseline"]["planned"], "order_arena": joint["scheduler"]["planned"],
+            "free": s.get("free_at_last_use_peak_bytes"), "slots": _slots(cm.graph),
             "planned": s["planned_peak_bytes"], "measured": measured,
             "solve": _solve_seconds(cm.plan), "time": ratio}
 
@@ -100,15 +107,19 @@ def to_markdown(rows) -> str:
     def mib(x):
         return "—" if x is None else f"{x / MiB:.2f}"
     lines = ["| model | nodes | eager (measured) | inductor (measured) | live peak: topo order | best heuristic | "
-             "memplan order | lower bound | planned: topo order + arena | memplan order + arena | "
-             "**joint (memplan)** | memplan measured | solve | time vs eager |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "memplan order | lower bound | planned: topo order + storage | memplan order + storage | "
+             "free at last use | **memplan planned** | memplan measured | slot/kernel values | solve | time vs eager |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['nodes']} | {mib(r['eager'])} | {mib(r['inductor'])} | {mib(r['topo'])} | "
                      f"{mib(r['heuristic'])} | {mib(r['order'])} | {mib(r['bound'])} | {mib(r['topo_arena'])} | "
-                     f"{mib(r['order_arena'])} | **{mib(r['planned'])}** | {mib(r['measured'])} | "
-                     f"{r['solve']:.2f} s | {r['time']:.2f}× |")
-    return "\n".join(lines) + "\n\nAll memory columns in MiB (activations: weights and inputs excluded)."
+                     f"{mib(r['order_arena'])} | {mib(r['free'])} | **{mib(r['planned'])}** | {mib(r['measured'])} | "
+                     f"{r['slots']} | {r['solve']:.2f} s | {r['time']:.2f}× |")
+    return "\n".join(lines) + ("\n\nAll memory columns in MiB (activations: weights and inputs excluded). "
+                               "\"+ storage\": every value with an out= form in a static storage (allocated for the "
+                               "whole run); \"free at last use\": every value kernel-owned, freed at its last use "
+                               "(— where it cannot beat the storage); memplan keeps a slot for each value that does "
+                               "not raise the peak.")
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
          run("plan_bench.py", *(["--no-inductor"] if args.quick else []))),
         ("Capture and code generation add no memory (free-at-last-use emission)",
          "`benchmarks/capture_memory.py`", run("capture_memory.py")),
+        ("Never above eager: 29 transformers families (planned vs measured vs eager)",
+         "`benchmarks/families.py`", run("families.py")),
         ("Static allocation vs omnimalloc", f"`benchmarks/alloc_bench.py --time-limit {limit}`",
          run("alloc_bench.py", "--time-limit", limit)),
         ("Scheduling solver on synthetic graphs", f"`benchmarks/sched_bench.py --time-limit {limit}`",

@@ -248,26 +248,27 @@ def cmd_show(args) -> int:
 
 
 def cmd_passes(args) -> int:
+    """``memplan passes``: each pass, what it does, its options (type = default), what it requires
+    and produces; the default pipeline first, in order."""
     import dataclasses
     import typing
-
-    from rich.table import Table
 
     from memplan.passes import DEFAULT_PIPELINE, PASSES
     from memplan.passes.options import describe_type, option_fields
 
-    table = Table(title="memplan passes (default pipeline: " + " → ".join(DEFAULT_PIPELINE) + ")")
-    for col in ("pass", "what it does", "options (type = default)", "requires / produces"):
-        table.add_column(col)
+    lines = [f"default pipeline: {', '.join(DEFAULT_PIPELINE)}", ""]
     for name in [*DEFAULT_PIPELINE, *sorted(set(PASSES) - set(DEFAULT_PIPELINE))]:
         p = PASSES[name]
+        lines.append(f"{name}: {p.doc}")
         hints = typing.get_type_hints(p.options) if p.options is not None else {}
-        opts = "\n".join(f"{f.name}: {describe_type(hints[f.name])} = "
-                         f"{f.default if f.default is not dataclasses.MISSING else ''}"
-                         for f in option_fields(p.options)) or "-"
-        flow = f"{', '.join(p.requires) or '-'} / {', '.join(p.produces) or '-'}"
-        table.add_row(name, p.doc, opts, flow)
-    _console().print(table)
+        for f in option_fields(p.options):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            lines.append(f"    --option {f.name}=...  ({describe_type(hints[f.name])}; default {default})")
+        if p.includes:
+            lines.append(f"    also takes the options of: {', '.join(p.includes)}")
+        if p.requires or p.produces:
+            lines.append(f"    requires: {', '.join(p.requires) or '-'}; produces: {', '.join(p.produces) or '-'}")
+    print("\n".join(lines))
     return 0
 
 

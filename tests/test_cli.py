@@ -117,3 +117,40 @@ def test_show_rejects_corrupt_ir(tmp_path):
     bad = tmp_path / "bad.mir"
     bad.write_text("graph g(%x: f32[2]) {\n  %y: f32[3] = aten.relu.default(%x)\n  return %y\n}\n")
     _one_line_error(memplan_cli("show", bad), "node y", "f32[3]")
+
+
+def test_pipeline_and_options_reach_the_passes(model_path, tmp_path):
+    r = memplan_cli("lower", model_path, "--input-shape", "x=2x4", "--option", "allocation=storage",
+                    "--option", "schedule_time_limit=1", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "tiny.mir").read_text()
+    assert 'storage %storage_dram = memplan.storage("dram", ' in text and "slot(%storage_dram, 0, " in text
+    shown = memplan_cli("show", tmp_path / "tiny.mir")
+    assert shown.returncode == 0 and "planned IR verified" in shown.stdout, shown.stdout + shown.stderr
+    r = memplan_cli("lower", model_path, "--input-shape", "x=2x4", "--pipeline", "verify,canonicalize,schedule",
+                    "--emit", "ir", "-o", tmp_path / "short")
+    assert r.returncode == 0, r.stderr
+    assert "slot(" not in (tmp_path / "short" / "tiny.mir").read_text(), "no allocate pass: nothing allocated"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--option", "alocation=storage"], "unknown option 'alocation' for this pipeline; its passes take: "),
+    (["--option", "allocation=heap"], "option allocation='heap': must be one of auto, storage, free"),
+    (["--option", "schedule_time_limit=soon"], "option schedule_time_limit='soon': must be float"),
+    (["--option", "allocation"], "--option 'allocation': write key=value"),
+    (["--pipeline", "verify,fuse_everything"], "unknown pass 'fuse_everything'; passes: "),
+    (["--pipeline", "verify,allocate", "--option", "conv_kernel=aten"], "unknown option 'conv_kernel'"),
+])
+def test_bad_pipeline_or_option_is_one_line_and_writes_nothing(model_path, tmp_path, args, message):
+    out = tmp_path / "out"
+    r = memplan_cli("lower", model_path, "--input-shape", "x=2x4", *args, "-o", out)
+    assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_passes_lists_every_pass_with_its_options():
+    r = memplan_cli("passes")
+    assert r.returncode == 0, r.stderr
+    for name in ("legalize", "canonicalize", "inplace", "schedule", "allocate", "verify_plan"):
+        assert name in r.stdout
+    assert "allocation" in r.stdout and "schedule_time_limit" in r.stdout

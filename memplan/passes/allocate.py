@@ -105,8 +105,10 @@ class AllocateOptions:
 
 @register_pass("allocate", options=AllocateOptions, produces=("order", "allocation"))
 def allocate(graph, ctx):
-    """Give every value a slot, its own buffer or kernel ownership; declare the storage, scratch,
-    memory spaces, capacities and budget in the IR; enforce the budget."""
+    """Write the allocation into the IR: storage, slots, kernel-owned values, scratch, spaces, limits.
+
+    Every value that owns bytes gets a slot, its own buffer or kernel ownership; the budget and the
+    tier's capacity are enforced."""
     stats = ctx.records.setdefault("stats", {})
     if "_scratch" not in ctx.records:
         check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
@@ -142,11 +144,14 @@ def allocate(graph, ctx):
         stats["free_at_last_use_peak_bytes"] = heap_peak
     use_storage = heap_peak is None or (mode == "auto" and planned <= heap_peak)
     if not use_storage:
-        ctx.log.append(f"allocate: a static storage would peak at {format_bytes(planned)}, above the "
-                       f"{format_bytes(heap_peak)} of freeing each value at its last use: every value is "
-                       "kernel-owned instead")
-        kinds = {name: KERNEL for name in kinds}
-        temps, planned = heap_temps, heap_peak
+        storage_peak = planned
+        kinds, temps, planned, result, buffers = mixed_plan(graph, kinds, temps, heap_temps, heap_peak,
+                                                            time_limit)
+        use_storage = bool(buffers)
+        ctx.log.append(f"allocate: a static storage for every value with an out= form would peak at "
+                       f"{format_bytes(storage_peak)}, above the {format_bytes(heap_peak)} of freeing each value at "
+                       f"its last use: {len(buffers)} values keep a slot (those that do not raise the peak), the "
+                       f"others are kernel-owned; planned peak {format_bytes(planned)}")
         live = liveness(graph, temps=temps)
     _write_plan(graph, ctx, kinds, temps, {b: o for b, o in result.offsets.items()} if use_storage else {},
                 _aligned(result.height) if use_storage and buffers else 0)
@@ -170,6 +175,58 @@ def allocate(graph, ctx):
                                  f"{format_bytes(live.resident_bytes)}, leaving {format_bytes(max(room, 0))} "
                                  "for activations")
     return graph
+
+
+MIXED_CANDIDATES = 256  # the largest values tried in a slot when a full storage peaks above freeing
+
+
+def mixed_plan(graph: Graph, kinds: dict[str, str], temps: dict[str, int], heap_temps: dict[str, int],
+               heap_peak: int, time_limit: float):
+    """Slot vs kernel-owned per value, when a storage for every value would peak above freeing each
+    value at its last use: start from the latter (every value kernel-owned) and, largest first, give a
+    node's results slots whenever that does not raise the planned peak (storage height + the most bytes
+    outside it at once). Never above ``heap_peak``. Returns (kinds, scratch, planned peak, packing,
+    buffers)."""
+    live = liveness(graph)
+    steps = max(len(graph.nodes), 1)
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    outside = [0] * steps
+    for r in live.ranges.values():
+        for i in range(r.start, r.end + 1):
+            outside[i] += r.nbytes
+    scratch = [heap_temps.get(n.name, 0) for n in graph.nodes]
+    units = []
+    for node in graph.nodes:
+        slots = [v.name for v in node.outputs if kinds.get(v.name) == SLOT]
+        if slots:
+            units.append((sum(live.ranges[s].nbytes for s in slots), node, slots))
+    units.sort(key=lambda u: (-u[0], index[u[1].name]))
+    chosen: list[Buffer] = []
+    chosen_nodes: set[str] = set()
+    best = heap_peak
+    for _size, node, slots in units[:MIXED_CANDIDATES]:
+        ranges = [live.ranges[s] for s in slots]
+        trial_outside = list(outside)
+        for r in ranges:
+            for i in range(r.start, r.end + 1):
+                trial_outside[i] -= r.nbytes
+        trial_scratch = list(scratch)
+        trial_scratch[index[node.name]] = temps.get(node.name, 0)
+        trial = chosen + [Buffer(r.value, r.start, r.end + 1, _aligned(r.nbytes)) for r in ranges]
+        height = solve_allocation(trial, time_limit=1.0, alignment=ALIGNMENT, method="greedy").height
+        peak = _aligned(height) + max(o + s for o, s in zip(trial_outside, trial_scratch))
+        if peak <= best:
+            best, chosen, outside, scratch = peak, trial, trial_outside, trial_scratch
+            chosen_nodes.add(node.name)
+    result = solve_allocation(chosen, time_limit=time_limit, alignment=ALIGNMENT)
+    mixed = {}
+    for node in graph.nodes:
+        for v in node.outputs:
+            if v.name in kinds:
+                mixed[v.name] = kinds[v.name] if node.name in chosen_nodes else KERNEL
+    mixed_temps = {n.name: (temps if n.name in chosen_nodes else heap_temps).get(n.name, 0) for n in graph.nodes}
+    planned = (_aligned(result.height) if chosen else 0) + max(o + s for o, s in zip(outside, scratch))
+    return mixed, mixed_temps, planned, result, chosen
 
 
 def _write_plan(graph: Graph, ctx, kinds: dict[str, str], temps: dict[str, int], offsets: dict[str, int],

@@ -43,9 +43,12 @@ def eager_strides(graph: Graph) -> dict[str, tuple[int, ...]]:
     returned dict.
     """
     key = stride_fingerprint(graph)
-    if key is not None and key in _CACHE:
-        _CACHE.move_to_end(key)
-        return dict(_CACHE[key])
+    if key is not None:
+        try:
+            _CACHE.move_to_end(key)
+            return dict(_CACHE[key])
+        except KeyError:  # not cached (or just evicted by another thread)
+            pass
     with FakeRun(graph) as run:
         for node in graph.nodes:
             run.run(node)
@@ -76,7 +79,10 @@ def _remember(key, strides) -> None:
     _CACHE[key] = dict(strides)
     _CACHE.move_to_end(key)
     while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
+        try:
+            _CACHE.popitem(last=False)
+        except KeyError:  # emptied meanwhile by another thread
+            break
 
 
 class FakeRun:
@@ -208,10 +214,11 @@ def stride_fingerprint(graph: Graph) -> tuple | None:
     """A cheap structural key of everything :func:`eager_strides` reads: the inputs' names and
     types, the params' names, types and weight metadata (dtype, shape, strides), and per node its
     op (and, for a custom op, which implementation), its arguments (values by name, literals by
-    type and value) and its outputs' names. Nodes are a set: every value is defined once and
-    read after its definition (checked here; otherwise None: not cached), so the strides do not
-    depend on the order, and a rescheduled graph keeps its key. Whatever a rewrite changes that
-    could change a stride (an op, an argument, a value read, a new node, a weight's layout)
+    type and value) and its outputs' names (and, for a node holding a sub-graph, whose results
+    are dense buffers of its output types, those types). Nodes are a set: every value is defined
+    once and read after its definition (checked here; otherwise None: not cached), so the strides
+    do not depend on the order, and a rescheduled graph keeps its key. Whatever a rewrite changes
+    that could change a stride (an op, an argument, a value read, a new node, a weight's layout)
     changes the key."""
     defined: set[str] = set()
     head = []
@@ -235,7 +242,10 @@ def stride_fingerprint(graph: Graph) -> tuple | None:
             if name in defined:
                 return None  # defined twice: which one a reader sees depends on the order
             defined.add(name)
-        op = node.op if node.op.startswith("aten.") else (node.op, _custom_impl(node.op))
+        if node.subgraph is not None:  # not run: its results are dense buffers of its output types
+            op = (node.op, "region", tuple((v.type.dtype, v.type.shape) for v in node.outputs))
+        else:
+            op = node.op if node.op.startswith("aten.") else (node.op, _custom_impl(node.op))
         nodes.append((op, args, kwargs, outs))
     return (tuple(head), frozenset(nodes))
 
@@ -248,29 +258,8 @@ def _custom_impl(op: str):
 
 
 def erase_nodes(graph: Graph, nodes) -> None:
-    """Take ``nodes`` out of ``graph`` at once: :meth:`Graph.erase_node` for many nodes, with the
-    same check (no node that stays and no graph output may read an output they produce) made in
-    one pass over the graph instead of one per node, which made erasing quadratic (DenseNet-121's
-    59 folded batch norms: 0.3 s). A stand-in for a batch ``Graph.erase_nodes``."""
-    gone = {id(n): n for n in nodes}
-    if not gone:
-        return
-    missing = set(gone) - {id(n) for n in graph.nodes}
-    if missing:
-        raise KeyError(f"node {gone[next(iter(missing))].name} is not in graph {graph.name}")
-    made = {id(v): n for n in gone.values() for v in n.outputs if v.producer is n}
-    kept = []
-    for n in graph.nodes:
-        if id(n) in gone:
-            continue
-        read = next((v for v in n.inputs if id(v) in made), None)
-        if read is not None:
-            raise ValueError(f"cannot erase node {made[id(read)].name}: its outputs are still read ({n.name})")
-        kept.append(n)
-    read = next((v for v in graph.outputs if id(v) in made), None)
-    if read is not None:
-        raise ValueError(f"cannot erase node {made[id(read)].name}: its outputs are still read (graph outputs)")
-    graph.nodes = kept
+    """Take ``nodes`` out of ``graph`` at once (:meth:`Graph.erase_nodes`)."""
+    graph.erase_nodes(nodes)
 
 
 def channels_last_consumers(graph: Graph) -> frozenset[str]:

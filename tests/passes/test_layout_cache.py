@@ -233,3 +233,16 @@ def test_a_compile_never_runs_the_same_graph_version_twice(monkeypatch, options)
     with torch.no_grad():
         for got, want in zip(cm(x), model(x)):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_region_node_is_keyed_by_its_output_types():
+    """A node holding a sub-graph is not run: its results are dense buffers of its output types,
+    so those types are part of the key."""
+    g = Graph("region")
+    x = g.add_input("x", TensorType(F, (2, 3)))
+    (y,) = g.add_node("memplan.loop", (x,), {}, [TensorType(F, (2, 3))], name="y", subgraph=Graph("body"))
+    g.outputs = [y]
+    assert eager_strides(g)["y"] == (3, 1)
+    y.type = TensorType(F, (2, 3, 4))
+    got, n = runs_of(lambda: eager_strides(g))
+    assert n == 1 and got["y"] == (12, 4, 1)
