@@ -14,6 +14,7 @@ from memplan.ir.printer import print_graph
 from memplan.ir.types import TensorType
 from memplan.passes import PassContext, run_pipeline
 from memplan.analysis.check import verify_plan
+from memplan.ir.verify import verify
 from memplan.plan import Plan
 from memplan.target import HardwareSpec, load_target
 from memplan.units import parse_bytes
@@ -32,6 +33,7 @@ class CompiledModule:
         self.target = target
         self.log = log
         # every plan is checked before it runs, whatever made it; the code is printed from the IR alone
+        verify(graph)  # types and shapes too: the checker trusts them, and out= kernels would resize slots
         verify_plan(graph, target)
         self.source = PyTorchBackend().emit(graph)
         self._run = load_python(self.source, f"memplan_{graph.name}")

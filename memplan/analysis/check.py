@@ -32,11 +32,15 @@ free-at-last-use run: every value kernel-owned.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
+import heapq
 from dataclasses import dataclass, field
 
-from memplan.errors import PlanVerificationError
+from memplan.errors import IRVerificationError, PlanVerificationError
 from memplan.ir.custom_ops import INPLACE_ARGS
-from memplan.ir.graph import OWN, SLOT, Graph, Node, Value, iter_values, map_values
+from memplan.ir.regions import LOOP, REGION_OPS, check_region
+from memplan.ir.graph import KERNEL, OWN, SLOT, Graph, Node, Value, iter_values, map_values
 from memplan.ir.ops import OpKind, is_view, lookup
 from memplan.ir.types import eval_bytes
 from memplan.target import HardwareSpec
@@ -152,6 +156,10 @@ def verify_plan(graph: Graph, target: HardwareSpec | None = None, *, alignment: 
         _check_spaces(step, node, main)
         if node.recomputes is not None:
             _check_recompute(step, node, values_by_name)
+        if node.subgraph is not None or node.op in REGION_OPS:
+            _check_region(step, node)
+        if node.op.startswith("aten.as_strided."):
+            _check_as_strided(step, node, root)
         if node.reuses is not None:
             _check_inplace(step, node, root, values_of, clobbered, graph_outputs, resident)
         for v in node.outputs:
@@ -223,6 +231,53 @@ def _check_spaces(step: int, node: Node, main: str) -> None:
     if len(spaces) > 1:
         _fail(f"step {step}: node {node.name} ({node.op}) touches tiers {', '.join(sorted(spaces))}: a kernel reads "
               "and writes one tier; move data with memplan.copy")
+
+
+def _check_as_strided(step: int, node: Node, root: dict[str, str]) -> None:
+    """``as_strided`` may address any bytes of its base's storage: in a plan, it stays inside the
+    elements of a base that is itself a whole storage root (not a view of one)."""
+    base = node.args[0] if node.args else None
+    size, stride = (list(node.args[1:3]) + [None, None])[:2]
+    offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset", 0)
+    ok = isinstance(base, Value) and root.get(base.name) == base.name and base.type.is_static
+    try:
+        reach = (offset or 0) + sum((int(n) - 1) * int(s) for n, s in zip(size, stride)) if all(
+            int(n) > 0 for n in size) else -1
+        ok = ok and len(size) == len(stride) and all(int(s) >= 0 for s in stride) and reach < int(base.type.numel)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        _fail(f"step {step}: node {node.name} ({node.op}) views elements outside its base "
+              f"%{getattr(base, 'name', '?')} (or a base that is itself a view): a planned as_strided stays inside "
+              "the storage root it views")
+
+
+def _check_region(step: int, node: Node) -> None:
+    """A region node's body is typed against its slices and combines, and holds no plan of its own
+    (its intermediates are the node's declared scratch: a body never allocates in a storage)."""
+    try:
+        check_region(node)
+    except IRVerificationError as exc:
+        _fail(f"step {step}: {exc}")
+    body = node.subgraph
+    if body.storages:
+        _fail(f"step {step}: node {node.name}: its body declares storage %{next(iter(body.storages))}; a region's "
+              "intermediates live in its declared scratch, not in a storage")
+    body_roots = storage_roots(body)
+    inputs = {v.name for v in body.inputs}
+    for v in body.outputs:
+        if body_roots[v.name] in inputs:
+            _fail(f"step {step}: node {node.name}: body output %{v.name} is (a view of) body input "
+                  f"%{body_roots[v.name]}; a region's results are new values (copy it in the body)")
+    for v in body.values():
+        if v.alloc is not None and v.alloc.kind == SLOT:
+            _fail(f"step {step}: node {node.name}: body value %{v.name} has a slot in %{v.alloc.storage}; a region's "
+                  "intermediates live in its declared scratch, not in a storage")
+    if node.op == LOOP:
+        for v in node.outputs:
+            if v.alloc is not None and v.alloc.kind == KERNEL:
+                _fail(f"step {step}: loop {node.name} writes each trip into its output %{v.name}, which needs a "
+                      "buffer (a slot or its own), not kernel ownership")
 
 
 def _check_recompute(step: int, node: Node, values: dict[str, Value]) -> None:
@@ -310,18 +365,32 @@ def _check_slot(step: int, v: Value, graph: Graph, alignment: int, main: str) ->
 
 
 def _check_overlaps(slots: dict[str, list[tuple[int, int, int, int, str]]]) -> None:
-    """No two values live at the same step share a byte of one storage (a sweep over start steps)."""
+    """No two values live at the same step share a byte of one storage: a sweep over start steps
+    keeping the live slots sorted by offset (they are disjoint, so only the neighbours of a new slot
+    can overlap it): O(n log n), not quadratic."""
     for storage, items in slots.items():
         items.sort()
-        active: list[tuple[int, int, int, int, str]] = []
+        ends: list[tuple[int, int]] = []          # heap of (last step, offset) of live slots
+        los: list[int] = []                       # offsets of live slots, sorted
+        live: dict[int, tuple[int, int, int, int, str]] = {}  # offset -> the slot
         for item in items:
             start, stop, lo, hi, name = item
-            active = [a for a in active if a[1] >= start]
-            for a in active:
-                if lo < a[3] and a[2] < hi and hi > lo and a[3] > a[2]:
-                    _fail(f"step {start}: %{name} [{lo}, {hi}) overlaps %{a[4]} [{a[2]}, {a[3]}) in storage "
-                          f"%{storage} while both are live (steps {a[0]}..{a[1]})")
-            active.append(item)
+            while ends and ends[0][0] < start:
+                _stop, gone = heapq.heappop(ends)
+                del los[bisect.bisect_left(los, gone)]
+                del live[gone]
+            if hi <= lo:
+                continue  # no bytes
+            i = bisect.bisect_right(los, lo)
+            for j in (i - 1, i):
+                if 0 <= j < len(los):
+                    a = live[los[j]]
+                    if lo < a[3] and a[2] < hi:
+                        _fail(f"step {start}: %{name} [{lo}, {hi}) overlaps %{a[4]} [{a[2]}, {a[3]}) in storage "
+                              f"%{storage} while both are live (steps {a[0]}..{a[1]})")
+            los.insert(i, lo)
+            live[lo] = item
+            heapq.heappush(ends, (stop, lo))
 
 
 def _check_inplace(step, node, root, values_of, clobbered, graph_outputs, resident):
@@ -372,11 +441,12 @@ def _peaks(graph: Graph, check: PlanCheck, owned, main: str) -> None:
     steps = max(check.steps, 1)
     tiers = {main} | {s.tier for s in graph.storages.values()} | {t for _r, t, *_ in owned}
     tiers.discard("")
-    profile = {t: [0] * steps for t in tiers or {""}}
-    for _root, tier, start, stop, size in owned:
-        row = profile.setdefault(tier or main, [0] * steps)
-        for i in range(start, stop + 1):
-            row[i] += size
+    deltas = {t: [0] * (steps + 1) for t in tiers or {""}}
+    for _root, tier, start, stop, size in owned:  # a difference array: linear in values + steps
+        row = deltas.setdefault(tier or main, [0] * (steps + 1))
+        row[start] += size
+        row[stop + 1] -= size
+    profile = {t: list(itertools.accumulate(row[:steps])) for t, row in deltas.items()}
     for step, node in enumerate(graph.nodes):
         tier = (node.outputs[0].type.space if node.outputs else "") or main
         profile.setdefault(tier, [0] * steps)[step] += node.scratch

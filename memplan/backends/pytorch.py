@@ -13,9 +13,12 @@ last use (``del``) so that no activation outlives its planned interval.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import itertools
 import keyword
 import linecache
+
+import torch
 
 
 from memplan.backends.bindings import fast_binding
@@ -29,7 +32,7 @@ from memplan.plan import Plan
 from memplan.units import format_bytes
 
 # every name the emitted module binds or reads besides the values: a value may never take one
-_RESERVED = frozenset({"torch", "aten", "memplan_ops", "weights", "run", "inf", "nan"}
+_RESERVED = frozenset({"torch", "aten", "memplan_ops", "weights", "run", "inf", "nan", "fresh"}
                       | set(dir(builtins)) | set(keyword.kwlist) | set(getattr(keyword, "softkwlist", ())))
 _counter = itertools.count()
 _COMMENT_LIMIT = 160
@@ -65,18 +68,24 @@ class _Names:
     def __init__(self):
         self.map: dict[str, str] = {}
         self.used: set[str] = set(_RESERVED)
+        self.next: dict[str, int] = {}
 
     def __call__(self, v: Value) -> str:
         if v.name not in self.map:
             base = identifier(v.name)
             if base in _RESERVED or base.startswith(("__", "storage_", "region_", "trip_")) or base == "t":
                 base = "v_" + base
-            name, i = base, 1
-            while name in self.used:
-                name, i = f"{base}_{i}", i + 1
-            self.used.add(name)
-            self.map[v.name] = name
+            self.map[v.name] = self.unique(base)
         return self.map[v.name]
+
+    def unique(self, base: str) -> str:
+        """``base``, or ``base_N`` with the first free N (each base remembers where it got to)."""
+        name, i = base, self.next.get(base, 1)
+        while name in self.used:
+            name, i = f"{base}_{i}", i + 1
+        self.next[base] = i
+        self.used.add(name)
+        return name
 
 
 def _short_op(name: str) -> str:
@@ -282,6 +291,8 @@ def _storage_name(name: str) -> str:
     """The variable of a storage: its name if that starts with ``storage_`` (value variables never do),
     else that prefix added."""
     base = identifier(name)
+    if base != name:  # lossy (``%a.b`` and ``%a_b``): a digest of the exact name keeps storages apart
+        base = f"{base[:40]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
     return base if base.startswith("storage_") else "storage_" + base
 
 
@@ -307,11 +318,35 @@ def _own(v: Value) -> str:
     return f"torch.empty_strided({shape}, {tuple(v.alloc.strides)}, dtype={DTYPES[v.type.dtype]})"
 
 
+# aten ops whose result may or may not be a view of an input, depending on layouts and arguments
+MAY_ALIAS = frozenset({"einsum", "reshape", "to", "type_as", "flatten", "contiguous", "matmul"})
+
+
+def _may_alias(node) -> bool:
+    parts = node.op.split(".")
+    return (len(parts) == 3 and parts[0] == "aten" and parts[1] in MAY_ALIAS and len(node.outputs) == 1
+            and bool(node.inputs))
+
+
+def fresh(result, *inputs):
+    """``result``, copied if it shares storage with one of ``inputs`` (emitted code's helper)."""
+    base = result.untyped_storage().data_ptr()
+    if any(isinstance(x, torch.Tensor) and x.untyped_storage().data_ptr() == base and result.numel()
+           for x in inputs):
+        return result.clone()
+    return result
+
+
 def _step(graph: Graph, node, names, comment) -> list[str]:
     """The statements of one step: a plain call for views and kernel-owned results, else the ``out=``
     form writing into the slots and own buffers the IR gives the outputs."""
     opdef = lookup(node.op, node=node.name)
     given = [v for v in node.outputs if v.alloc is not None and v.alloc.kind in (SLOT, OWN)]
+    if not opdef.view and not given and _may_alias(node):
+        # the planner counts the result as new bytes; where the kernel returned a view of an input
+        # instead (einsum of a permutation, reshape of a dense tensor), a copy makes it so
+        inputs = ", ".join(dict.fromkeys(names(v) for v in node.inputs))
+        return [f"{names(node.outputs[0])} = fresh({_call(node, names)}, {inputs}){comment}"]
     if opdef.view or not given or node.subgraph is not None:
         return [f"{_targets(node, names)} = {_call(node, names)}{comment}"]
     out = out_variant(node.op)
@@ -347,7 +382,7 @@ def load_python(source: str, module_name: str = "memplan_generated"):
 
     filename = f"<{module_name}_{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"__name__": module_name, "memplan_ops": _CustomOps(_CUSTOM)}
+    namespace = {"__name__": module_name, "memplan_ops": _CustomOps(_CUSTOM), "fresh": fresh}
     exec(compile(source, filename, "exec"), namespace)
     return namespace["run"]
 

@@ -43,6 +43,7 @@ _OUT_CACHE: dict[str, tuple[str, list[str]] | None] = {}
 _OUT_OVERRIDES = {"aten.constant_pad_nd.default": "memplan.constant_pad_nd",
                   "aten.max_pool2d.default": "memplan.max_pool2d",
                   "aten.clone.default": "memplan.clone",
+                  "aten.embedding.default": "memplan.embedding",
                   "aten._native_batch_norm_legit_no_training.default": "memplan.batch_norm_inference"}
 
 

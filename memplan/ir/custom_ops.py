@@ -165,3 +165,21 @@ def _max_pool2d(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=Fals
 
 _max_pool2d.out = _max_pool2d_out
 register_op("memplan.max_pool2d", OpKind.OPAQUE, _max_pool2d, out_args=["out"])
+
+
+def _embedding_out(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False, *, out):
+    """``aten.embedding`` written into ``out`` by ``index_select.out`` over the flattened indices (aten
+    has no ``embedding.out``: without this the result would be kernel-owned, a large relative-position
+    bias table included); a non-contiguous ``out`` takes a copy of the plain result."""
+    if out.is_contiguous() and weight.dim() == 2:
+        torch.index_select(weight, 0, indices.reshape(-1), out=out.view(-1, weight.shape[1]))
+        return out
+    return out.copy_(torch.ops.aten.embedding.default(weight, indices, padding_idx, scale_grad_by_freq, sparse))
+
+
+def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    return torch.ops.aten.embedding.default(weight, indices, padding_idx, scale_grad_by_freq, sparse)
+
+
+_embedding.out = _embedding_out
+register_op("memplan.embedding", OpKind.INJECTIVE, _embedding, out_args=["out"])

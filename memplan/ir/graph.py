@@ -189,6 +189,7 @@ class Graph:
         self.storages: dict[str, Storage] = {}
         self.attrs: dict[str, Any] = {}
         self._names: set[str] = set()
+        self._next_suffix: dict[str, int] = {}
 
     # ---- construction -------------------------------------------------
     def fresh_name(self, hint: str) -> str:
@@ -196,10 +197,11 @@ class Graph:
         base = "".join(c if (c.isalnum() or c in "_.") else "_" for c in hint).strip(".") or "v"
         if base[0].isdigit():
             base = "v" + base
-        name, i = base, 1
+        name, i = base, self._next_suffix.get(base, 1)
         while name in self._names:
             name = f"{base}_{i}"
             i += 1
+        self._next_suffix[base] = i  # the next call with this hint starts here: linear, not quadratic
         self._names.add(name)
         return name
 

@@ -173,6 +173,11 @@ def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
         impl = resolve_aten(name)
     except (AttributeError, KeyError, RuntimeError):
         raise UnsupportedOpError(f"op {name}{where} does not exist in this torch build", op=name, node=node)
+    schema = getattr(impl, "_schema", None)
+    if schema is not None and any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
+        raise UnsupportedOpError(f"op {name}{where} is not supported: it writes into one of its arguments (an out= "
+                                 "or in-place overload); the IR is functional, and in-place writes are planned "
+                                 "(reuses)", op=name, node=node)
     opdef = OpDef(name, ATEN_KINDS[packet], impl, view=packet in ATEN_VIEWS, flops=_FLOPS.get(packet),
                   infer=_INFER.get(packet))
     _CACHE[name] = opdef

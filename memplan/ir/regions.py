@@ -178,6 +178,9 @@ def check_region(node: Node) -> None:
     if body.params:
         _fail(node, "a body reads weights through its inputs, it declares no params")
     slicings = loop_spec(node).inputs if node.op == LOOP else [Slicing("full")] * len(args)
+    if node.op == LOOP and not any(s.kind == "slice" and s.step >= 1 for s in slicings):
+        _fail(node, "a loop tiles at least one input (a slice with step >= 1): otherwise every trip computes the "
+                    "same thing, and its trip count is bounded by nothing")
     trips = loop_spec(node).trips if node.op == LOOP else 1
     for a, b, slicing in zip(args, body.inputs, slicings):
         want = tile_type(node, a, slicing, trips)

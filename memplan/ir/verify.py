@@ -36,9 +36,12 @@ def verify(graph: Graph, *, check_shapes: bool = True) -> None:
                 raise IRVerificationError(
                     f"{where}: reads %{v.name} before it is defined (not SSA, or a cycle)")
         try:
-            lookup(node.op, node=node.name, source=node.source)
+            opdef = lookup(node.op, node=node.name, source=node.source)
         except UnsupportedOpError as exc:
             raise IRVerificationError(f"{where}: {exc}") from None
+        if opdef.view and not (node.args and isinstance(node.args[0], Value)):
+            raise IRVerificationError(f"{where}: a view takes the tensor it views as its first positional argument "
+                                      "(its storage is that tensor's)")
         for v in node.outputs:
             if v.producer is not node:
                 raise IRVerificationError(f"{where}: output %{v.name} does not name this node as producer")

@@ -30,6 +30,7 @@ from memplan.analysis.liveness import Liveness, liveness
 from memplan.analysis.planning import budget_error, liveness_stats, schedule_problem, storage_kinds
 from memplan.analysis.check import ALIGNMENT
 from memplan.ir.graph import KERNEL, OWN, SLOT, Alloc, Graph
+from memplan.ir.regions import LOOP
 from memplan.passes.capacity import check_capacity
 from memplan.passes.layout import eager_strides, slot_strides
 from memplan.passes.registry import register_pass
@@ -249,6 +250,8 @@ def _write_plan(graph: Graph, ctx, kinds: dict[str, str], temps: dict[str, int],
                 continue
             if kind == SLOT and v.name not in offsets:
                 kind = OWN  # defensive: a buffer the packer did not place gets its own allocation
+            if kind == KERNEL and node.op == LOOP:
+                kind = OWN  # a loop writes each trip into a buffer it is given: never kernel-owned
             layout = slot_strides(v.type.shape, strides.get(v.name)) if kind in (SLOT, OWN) else None
             if kind == SLOT:
                 v.alloc = Alloc(SLOT, storage.name, offsets[v.name], layout)

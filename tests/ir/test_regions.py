@@ -142,3 +142,36 @@ def test_recomputed_clone_runs_and_is_checked():
     bad = parse(text.replace("%a.r1: f32[4, 8] = aten.gelu.default(%x)", "%a.r1: f32[4, 8] = aten.relu.default(%x)"))
     with pytest.raises(PlanVerificationError, match="claims to recompute %a"):
         verify_plan(bad)
+
+
+@pytest.mark.parametrize("allocation", ["storage", "free", "auto"])
+def test_loop_and_group_plan_in_every_allocation_mode(allocation):
+    text = LOOP.replace("return %y, %s", """%d: f32[8, 16], %n: f32[8, 16] = memplan.group(%y, %x) graph fused(%a: f32[8, 16], %b: f32[8, 16]) {
+    %c: f32[8, 16] = aten.add.Tensor(%a, %b)
+    %t: f32[8, 16] = aten.tanh.default(%c)
+    %g: f32[8, 16] = aten.neg.default(%c)
+    return %t, %g
+  }
+  return %d, %n, %s""")
+    from memplan.profiling import timeline_peak
+    cm = memplan.compile(parse(text), options={"allocation": allocation})
+    x, w = torch.randn(8, 16), torch.randn(16)
+    for a, b in zip(cm(x, w), run_graph(parse(text), [x, w])):
+        torch.testing.assert_close(a, b)
+    assert timeline_peak(cm, x, w)["activation_peak"] <= cm.plan.stats["planned_peak_bytes"]
+    group = next(n for n in cm.graph.nodes if n.op == "memplan.group")
+    assert all(v.alloc.kind == "kernel" for v in group.outputs)
+
+
+def test_verify_plan_rejects_a_broken_region():
+    cm = memplan.compile(parse(LOOP), options={"allocation": "storage"})
+    text = print_graph(cm.graph)
+    assert "[['slice', 0, 2, 2], ['full']]" in text
+    broken = parse(text.replace("[['slice', 0, 2, 2], ['full']]", "[['slice', 0, 3, 2], ['full']]"))
+    with pytest.raises(PlanVerificationError, match="trip 3 reads"):
+        verify_plan(broken)
+    loop = parse(text)
+    from memplan.ir.graph import Alloc
+    loop.nodes[0].outputs[0].alloc = Alloc("kernel")
+    with pytest.raises(PlanVerificationError, match="needs a buffer"):
+        verify_plan(loop)
