@@ -42,7 +42,7 @@ from memplan.ir.custom_ops import INPLACE_ARGS
 from memplan.ir.regions import LOOP, REGION_OPS, check_region
 from memplan.ir.graph import KERNEL, OWN, SLOT, Graph, Node, Value, iter_values, map_values
 from memplan.ir.ops import OpKind, is_view, lookup
-from memplan.ir.types import eval_bytes
+from memplan.ir.types import eval_bytes, is_dense
 from memplan.target import HardwareSpec
 from memplan.units import format_bytes
 
@@ -328,18 +328,8 @@ def _check_strides(step: int, v: Value, strides) -> None:
     shape = [int(d) for d in v.type.shape]
     if strides is None or len(strides) != len(shape):
         _fail(f"step {step}: %{v.name} of rank {len(shape)} is laid out with strides {strides!r:.60}")
-    if any(s < 0 for s in strides) or (0 not in shape and not _dense(shape, strides)):
+    if any(s < 0 for s in strides) or (0 not in shape and not is_dense(shape, strides)):
         _fail(f"step {step}: %{v.name} {v.type} has strides {list(strides)} that do not lay it out densely")
-
-
-def _dense(shape, strides) -> bool:
-    dims = sorted((s, d) for d, s in zip(shape, strides) if d != 1)
-    expected = 1
-    for s, d in dims:
-        if s != expected:
-            return False
-        expected *= d
-    return True
 
 
 def _check_slot(step: int, v: Value, graph: Graph, alignment: int, main: str) -> tuple[int, int]:

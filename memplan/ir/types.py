@@ -126,6 +126,17 @@ class TensorType:
         return TensorType(dtype_name(t.dtype), tuple(as_dim(s) for s in t.shape))
 
 
+def is_dense(shape, strides) -> bool:
+    """True when ``strides`` lay ``shape`` out on exactly ``numel`` elements (a permuted contiguous layout)."""
+    dims = sorted((s, d) for d, s in zip(shape, strides) if d != 1)
+    expected = 1
+    for s, d in dims:
+        if s != expected:
+            return False
+        expected *= d
+    return True
+
+
 def sym(name: str) -> sympy.Symbol:
     """The sympy symbol the IR uses for a named dynamic dim (integer, positive)."""
     return sympy.Symbol(name, integer=True, positive=True)

@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from memplan.ir.graph import Graph, Node, Value, map_values
 from memplan.ir.custom_ops import MKLDNN_CONVS
 from memplan.ir.ops import flatten_outputs, lookup
-from memplan.ir.types import TensorType
+from memplan.ir.types import TensorType, is_dense  # noqa: F401  (is_dense: re-exported)
 
 
 PLAIN_VIEWS = {"aten.view.default", "aten._unsafe_view.default"}
@@ -312,17 +312,6 @@ def layout_copy(graph: Graph, view, channels_last: bool = False, src=None, *, be
     (laid,) = graph.add_node("aten.permute.default", (dense, inverse), {}, [src.type], name=f"{view.name}_laid_out",
                              before=before, **where)
     return [ordered.producer, dense.producer, laid.producer]
-
-
-def is_dense(shape, strides) -> bool:
-    """True when ``strides`` lay ``shape`` out on exactly ``numel`` elements (a permuted contiguous layout)."""
-    dims = sorted((s, d) for d, s in zip(shape, strides) if d != 1)
-    expected = 1
-    for s, d in dims:
-        if s != expected:
-            return False
-        expected *= d
-    return True
 
 
 def contiguous_strides(shape) -> tuple[int, ...]:
