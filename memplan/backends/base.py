@@ -6,9 +6,9 @@ A backend knows its kernels, so it answers the questions that depend on them:
   convolutions by oneDNN, lowers others to im2col + GEMM where that plans lower);
 - ``writes_into(node) -> bool``: can the kernel of ``node`` write its results into buffers it is
   given? Only then can they be planned in a slot of a storage; otherwise they are kernel-owned;
-- ``scratch(graph, slotted, options, log) -> {node: bytes}``: what each kernel allocates beyond
-  its outputs when the values of ``slotted`` are written into given buffers and the others are
-  kernel-owned (``Node.scratch`` of the planned IR);
+- ``scratch(graph, slotted, options, log, only=None) -> {node: bytes}``: what each kernel (of
+  ``only``, if given) allocates beyond its outputs when the values of ``slotted`` are written into
+  given buffers and the others are kernel-owned (``Node.scratch`` of the planned IR);
 - ``emit(graph) -> str``: the planned IR printed as source; nothing but the IR is read.
 
 The planner never asks anything else of a backend; a backend never re-derives a decision.
@@ -28,7 +28,8 @@ class Backend(Protocol):
 
     def writes_into(self, node: Node) -> bool: ...
 
-    def scratch(self, graph: Graph, slotted: set[str], options: dict, log: list[str] | None = None) -> dict[str, int]: ...
+    def scratch(self, graph: Graph, slotted: set[str], options: dict, log: list[str] | None = None,
+                only: set[str] | None = None) -> dict[str, int]: ...
 
     def emit(self, graph: Graph) -> str: ...
 

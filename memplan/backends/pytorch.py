@@ -416,9 +416,10 @@ class PyTorchBackend:
             return True
         return node.subgraph is None and not lookup(node.op, node=node.name).view and out_variant(node.op) is not None
 
-    def scratch(self, graph: Graph, slotted: set[str], options: dict, log: list[str] | None = None) -> dict[str, int]:
+    def scratch(self, graph: Graph, slotted: set[str], options: dict, log: list[str] | None = None,
+                only: set[str] | None = None) -> dict[str, int]:
         from memplan.backends.pytorch_scratch import step_scratch
-        return step_scratch(graph, options, log, slotted)
+        return step_scratch(graph, options, log, slotted, only)
 
     def emit(self, graph: Graph) -> str:
         return emit_python(graph)

@@ -77,7 +77,8 @@ def estimate_scratch(graph: Graph, flags: dict[str, list[bool]] | None = None) -
 
 
 def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]], flags: dict[str, list[bool]], *,
-                    cap: int | None = None, log: list[str] | None = None) -> dict[str, int]:
+                    cap: int | None = None, log: list[str] | None = None,
+                    only: set[str] | None = None) -> dict[str, int]:
     """Scratch bytes of every step, measured on this host (see the module docstring).
 
     A node whose tensors exceed ``cap`` bytes (default :func:`measure_cap`) is not run: it gets
@@ -90,6 +91,8 @@ def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]], flags: di
     weights = None
     temps: dict[str, int] = {}
     for node in graph.nodes:
+        if only is not None and node.name not in only:
+            continue
         if node.subgraph is not None or lookup(node.op).view:
             continue
         in_arena = flags.get(node.name, [False] * len(node.outputs))
@@ -194,7 +197,7 @@ def _measure(node: Node, weights, strides, in_arena, fill: int) -> int:
 
 
 def step_scratch(graph: Graph, options: dict, log: list[str] | None = None,
-                 slotted: set[str] = frozenset()) -> dict[str, int]:
+                 slotted: set[str] = frozenset(), only: set[str] | None = None) -> dict[str, int]:
     """Scratch per node when the values of ``slotted`` are written into given buffers through the
     ``out=`` form and every other result is kernel-owned: measured (default) or, with
     ``options["measure_scratch"] = False``, estimated.
@@ -204,11 +207,11 @@ def step_scratch(graph: Graph, options: dict, log: list[str] | None = None,
     flags = out_flags(graph, set(slotted))
     if options.get("measure_scratch", True):
         from memplan.passes.layout import eager_strides
-        temps = measure_scratch(graph, eager_strides(graph), flags, cap=measure_cap(options), log=log)
+        temps = measure_scratch(graph, eager_strides(graph), flags, cap=measure_cap(options), log=log, only=only)
     else:
         temps = estimate_scratch(graph, flags)
     for node in graph.nodes:
-        if node.op in REGION_OPS:
+        if node.op in REGION_OPS and (only is None or node.name in only):
             temps[node.name] = region_scratch(node, options, log)
     return {name: n for name, n in temps.items() if n}
 
