@@ -38,7 +38,6 @@ import heapq
 from dataclasses import dataclass, field
 
 from memplan.errors import IRVerificationError, PlanVerificationError
-from memplan.ir.custom_ops import INPLACE_ARGS
 from memplan.ir.regions import LOOP, REGION_OPS, check_region
 from memplan.ir.graph import KERNEL, OWN, SLOT, Graph, Node, Value, iter_values, map_values
 from memplan.ir.ops import OpKind, is_view, lookup
@@ -410,14 +409,14 @@ def _check_inplace(step, node, root, values_of, clobbered, graph_outputs, reside
 def _reads_overwritten(node, reused: str, root) -> str | None:
     """A value ``node`` reads from the storage it overwrites, other than what an in-place kernel
     may read: an elementwise or broadcast op may read ``reused`` itself (element by element);
-    an op of ``INPLACE_ARGS`` may read the storage once, as ``reused`` at a listed position;
+    an op with ``OpDef.inplace_args`` may read the storage once, as ``reused`` at a listed position;
     nothing else may read it at all."""
     r = root[reused]
     kind = lookup(node.op, node=node.name).kind
     hits = [(i, v.name) for i, a in enumerate(node.args) for v in iter_values(a) if root[v.name] == r]
     hits += [(None, v.name) for v in iter_values(node.kwargs) if root[v.name] == r]
-    if node.op in INPLACE_ARGS:
-        allowed = set(INPLACE_ARGS[node.op])
+    if lookup(node.op, node=node.name).inplace_args:
+        allowed = set(lookup(node.op, node=node.name).inplace_args)
         bad = [name for i, name in hits if i not in allowed or name != reused]
         return bad[0] if bad else (hits[1][1] if len(hits) > 1 else None)
     if kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST):

@@ -61,9 +61,11 @@ def _pointwise_conv_add_out(x, weight, bias, stride, padding, dilation, groups, 
 
 _pointwise_conv_add.out = _pointwise_conv_add_out
 MKLDNN_CONV2D_ADD = "memplan.mkldnn_conv2d_add"
-register_op(MKLDNN_CONV2D_ADD, OpKind.OPAQUE, _pointwise_conv_add, flops=conv_flops, out_args=["out"])
+register_op(MKLDNN_CONV2D_ADD, OpKind.OPAQUE, _pointwise_conv_add, flops=conv_flops, out_args=["out"],
+            inplace_args=(7,))  # the sum may be written over the residual (``other``)
 MKLDNN_CONVS = (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD)
 # ops that may write over some of their inputs (by argument position) besides elementwise ones
+# (kept for callers of the old name: the registry's OpDef.inplace_args is the source)
 INPLACE_ARGS = {MKLDNN_CONV2D_ADD: (7,)}
 
 

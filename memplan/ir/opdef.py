@@ -40,6 +40,7 @@ class OpDef:
     flops: Callable | None = None  # (node) -> int
     infer: Callable | None = None  # (node) -> list[TensorType]
     out_args: list[str] | None = None  # custom ops: keyword names of ``impl.out``'s outputs
+    inplace_args: tuple[int, ...] = ()  # argument positions its kernel may write its result over
 
     def flop_count(self, node) -> int:
         if self.flops is not None:
@@ -80,14 +81,14 @@ _CUSTOM: dict[str, OpDef] = {}
 
 def register_op(name: str, kind: OpKind, impl: Callable, *, view: bool = False,
                 flops: Callable | None = None, infer: Callable | None = None,
-                out_args: list[str] | None = None) -> OpDef:
+                out_args: list[str] | None = None, inplace_args: tuple[int, ...] = ()) -> OpDef:
     """Register a ``memplan.*`` op with a torch reference implementation. With ``out_args``,
     ``impl.out(*args, **{name: tensor})`` writes the results into given tensors (its ``out=`` form)."""
     if not name.startswith("memplan."):
         raise ValueError(f"custom ops live in the memplan namespace, got {name!r}")
     if out_args and not callable(getattr(impl, "out", None)):
         raise ValueError(f"{name}: out_args given but the implementation has no .out")
-    opdef = OpDef(name, kind, impl, view, flops, infer, out_args)
+    opdef = OpDef(name, kind, impl, view, flops, infer, out_args, tuple(inplace_args))
     _CUSTOM[name] = opdef
     return opdef
 

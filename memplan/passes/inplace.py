@@ -10,7 +10,7 @@ again, statically: node ``n`` may overwrite input ``x`` when
   input elements at the same index: aten's ``out=`` kernels allow ``out`` to
   be exactly an input), has one output, and is not a copy (``clone``,
   ``_to_copy``: those exist to get a buffer of their own); or ``n`` is an op
-  listed in ``custom_ops.INPLACE_ARGS`` and ``x`` one of the inputs listed
+  listed in ``OpDef.inplace_args`` and ``x`` one of the inputs listed
   there (a convolution plus residual adds into the residual's buffer);
 - the output has ``x``'s type and the layout eager gives it equals ``x``'s,
   which is dense;
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memplan.ir.custom_ops import INPLACE_ARGS
 from memplan.ir.graph import NODE, Graph, Node, Value, iter_values
 from memplan.ir.ops import OpKind, lookup
 from memplan.passes.layout import eager_strides, is_dense
@@ -46,7 +45,7 @@ _COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy"}
 def _candidate(node: Node) -> bool:
     if len(node.outputs) != 1 or node.subgraph is not None or node.reuses is not None:
         return False
-    if node.op in INPLACE_ARGS:
+    if lookup(node.op, node=node.name).inplace_args:
         return True
     opdef = lookup(node.op, node=node.name)
     short = node.op.split(".")[1] if node.op.startswith("aten.") else node.op
@@ -55,8 +54,9 @@ def _candidate(node: Node) -> bool:
 
 def _overwritable(node: Node) -> list[Value]:
     """The inputs ``node`` may write over: any of an elementwise op's, the listed ones of others."""
-    if node.op in INPLACE_ARGS:
-        return [node.args[i] for i in INPLACE_ARGS[node.op] if isinstance(node.args[i], Value)]
+    listed = lookup(node.op, node=node.name).inplace_args
+    if listed:
+        return [node.args[i] for i in listed if isinstance(node.args[i], Value)]
     return list(dict.fromkeys(node.inputs))
 
 
@@ -67,13 +67,13 @@ def reads_overwritten(node: Node, reused: str, roots: dict[str, str]) -> str | N
     An elementwise or broadcast op may read ``reused`` itself, in any argument: element ``i`` of
     every operand is read before element ``i`` of the result is written. Any other alias of the
     same storage (a view, a transposed copy of the pointer) is read at other indices. An op listed
-    in ``custom_ops.INPLACE_ARGS`` (a convolution adding into its residual) reads its other operands
+    in ``OpDef.inplace_args`` (a convolution adding into its residual) reads its other operands
     across the whole tensor, so it may read the storage only once, at a listed argument position:
     ``conv(h) + h`` written into ``h`` would convolve the partially overwritten ``h``.
     """
     r = roots[reused]
-    if node.op in INPLACE_ARGS:
-        allowed = set(INPLACE_ARGS[node.op])
+    if lookup(node.op, node=node.name).inplace_args:
+        allowed = set(lookup(node.op, node=node.name).inplace_args)
         hits = []
         for i, arg in enumerate(node.args):
             for v in iter_values(arg):
