@@ -34,8 +34,8 @@ class CompiledModule:
         self.log = log
         # every plan is checked before it runs, whatever made it; the code is printed from the IR alone
         verify(graph)  # types and shapes too: the checker trusts them, and out= kernels would resize slots
-        verify_plan(graph, target)
-        self.source = PyTorchBackend().emit(graph)
+        check = verify_plan(graph, target)
+        self.source = PyTorchBackend().emit(graph, check)
         self._run = load_python(self.source, f"memplan_{graph.name}")
         self._weights = prepack(graph)
 

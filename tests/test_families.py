@@ -3,24 +3,12 @@
 allocates (to the byte), and it is never above eager PyTorch's activation peak."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.bench_modules import load
+
 MiB = 2**20
-
-
-def _load_families():
-    """Import benchmarks/families.py by path (benchmarks/ is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "families.py"
-    spec = importlib.util.spec_from_file_location("memplan_benchmarks_families", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-families = _load_families()
+families = load("families")
 
 # Families whose planned peak is above eager's activation peak today (bytes, measured with
 # torch 2.13 CPU on 2 cores): none since the planner frees values at their last use whenever a static

@@ -3,27 +3,14 @@ time measurement helpers)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from memplan import zoo
+from tests.bench_modules import load
 
 MiB = 2**20
-
-
-def _load_measure():
-    """Import benchmarks/measure.py by path (benchmarks/ is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "measure.py"
-    spec = importlib.util.spec_from_file_location("memplan_benchmarks_measure", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-measure = _load_measure()
+measure = load("measure")
 
 TRANSFORMERS = ["gpt2", "bert", "llama"]
 # Small sizes keep the per-family tests well under a second each.

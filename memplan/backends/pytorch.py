@@ -93,7 +93,7 @@ def _short_op(name: str) -> str:
     return name[: -len(".default")] if name.endswith(".default") else name
 
 
-def emit_python(graph: Graph, plan: Plan | None = None) -> str:
+def emit_python(graph: Graph, plan: Plan | None = None, check=None) -> str:
     """Python source of ``run(weights, *inputs)``: the planned IR ``graph`` printed as code.
 
     The IR alone decides (``plan`` is accepted for callers of the old signature and ignored): the
@@ -105,7 +105,7 @@ def emit_python(graph: Graph, plan: Plan | None = None) -> str:
     at their last use, so each lives exactly its planned interval.
     """
     _check_emittable(graph)
-    check = _plan_check(graph)
+    check = check if check is not None else _plan_check(graph)  # the header's figures
     target = graph.attrs.get("target")
     lines = [f"# memplan: graph {comment_text(graph.name)}"
              f"{' on target ' + comment_text(target) if target else ''}, {len(graph.nodes)} steps"]
@@ -405,9 +405,8 @@ class PyTorchBackend:
 
     def legalize(self, graph: Graph, ctx) -> Graph:
         """Kernel choice: 2-D convolutions by oneDNN in channels-last layout (``mkldnn_conv``)."""
-        from memplan.passes.registry import PASSES
         for name in LEGALIZE_PASSES:
-            graph = PASSES[name].fn(graph, ctx)
+            graph = ctx.run_pass(name, graph)
         return graph
 
     def writes_into(self, node) -> bool:
@@ -421,8 +420,9 @@ class PyTorchBackend:
         from memplan.backends.pytorch_scratch import step_scratch
         return step_scratch(graph, options, log, slotted, only)
 
-    def emit(self, graph: Graph) -> str:
-        return emit_python(graph)
+    def emit(self, graph: Graph, check=None) -> str:
+        """The planned IR as Python (``check``: the checker's figures of it, if already computed)."""
+        return emit_python(graph, check=check)
 
 
 LEGALIZE_PASSES = ("mkldnn_conv",)

@@ -34,7 +34,7 @@ from memplan.ir.regions import LOOP
 from memplan.passes.capacity import check_capacity
 from memplan.passes.layout import eager_strides, slot_strides
 from memplan.passes.registry import register_pass
-from memplan.passes.schedule import backend_of, planned_scratch
+from memplan.passes.schedule import planned_scratch
 from memplan.solvers.allocation import Buffer, solve_allocation
 from memplan.units import format_bytes
 
@@ -113,7 +113,7 @@ def allocate(graph, ctx):
     stats = ctx.records.setdefault("stats", {})
     if "_scratch" not in ctx.records:
         check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
-    kinds = storage_kinds(graph, backend_of(ctx).writes_into)
+    kinds = storage_kinds(graph, ctx.get_backend().writes_into)
     temps = planned_scratch(graph, ctx)
     if ctx.options.get("joint", True):
         by_name = {n.name: n for n in graph.nodes}
@@ -140,7 +140,7 @@ def allocate(graph, ctx):
     heap_temps, heap_peak = None, None
     # without its scratch the free run's peak is a bound: measure it only if it can win
     if mode == "free" or (mode == "auto" and not _free_cannot_win(graph, ctx, planned)):
-        heap_temps = backend_of(ctx).scratch(graph, set(), ctx.options, ctx.log)
+        heap_temps = ctx.get_backend().scratch(graph, set(), ctx.options, ctx.log)
         heap_peak = liveness(graph, temps=heap_temps).peak_bytes
         stats["free_at_last_use_peak_bytes"] = heap_peak
     use_storage = heap_peak is None or (mode == "auto" and planned <= heap_peak)
@@ -191,7 +191,7 @@ def _free_cannot_win(graph: Graph, ctx, planned: int) -> bool:
     top = sorted(range(len(graph.nodes)), key=lambda i: -live.live_bytes[i])[:PROOF_STEPS]
     top = [i for i in top if live.live_bytes[i] < planned]
     names = {graph.nodes[i].name for i in top}
-    scratch = backend_of(ctx).scratch(graph, set(), ctx.options, ctx.log, only=names)
+    scratch = ctx.get_backend().scratch(graph, set(), ctx.options, ctx.log, only=names)
     return any(live.live_bytes[i] + scratch.get(graph.nodes[i].name, 0) >= planned for i in top)
 
 

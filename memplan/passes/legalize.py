@@ -11,5 +11,4 @@ from memplan.passes.registry import register_pass
 @register_pass("legalize", produces=("kernels",), includes=("mkldnn_conv",))
 def legalize(graph, ctx):
     """Let the backend choose kernels (PyTorch: oneDNN convolutions, ``mkldnn_conv``)."""
-    from memplan.passes.schedule import backend_of
-    return backend_of(ctx).legalize(graph, ctx)
+    return ctx.get_backend().legalize(graph, ctx)

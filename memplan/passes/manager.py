@@ -40,9 +40,6 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = No
 
     names = list(pipeline or DEFAULT_PIPELINE)
     check_pipeline(names)
-    if ctx.backend is None:
-        from memplan.backends.base import get_backend
-        ctx.backend = get_backend("pytorch")
     ctx.options = check_options(option_passes(names), ctx.options)
     dumps = _dump_set(dump_after, names)
     if dumps and dump_dir is None:
@@ -63,14 +60,16 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline: list[str] | None = No
             rendered.update(_render_dump(index, p, graph, ctx, seconds[name]))
     if rendered:
         write_files(Path(dump_dir), rendered)
-    return graph, report(graph, ctx)
+    # the checker's figures of the final graph, if verify_plan was the last pass (else checked here)
+    return graph, report(graph, ctx, ctx.records.get("check") if names[-1] == "verify_plan" else None)
 
 
-def report(graph: Graph, ctx: PassContext) -> Plan:
-    """The :class:`Plan` report of ``graph`` as it stands (checked again: the report's figures are the
-    checker's, not the planner's)."""
+def report(graph: Graph, ctx: PassContext, check=None) -> Plan:
+    """The :class:`Plan` report of ``graph`` as it stands: the report's figures are the checker's, not
+    the planner's (``check``: what ``verify_plan`` found on this very graph, if it just ran)."""
     from memplan.analysis.check import verify_plan
-    return Plan.from_graph(graph, verify_plan(graph, ctx.target), ctx.records, ctx.target.name)
+    check = check if check is not None else verify_plan(graph, ctx.target)
+    return Plan.from_graph(graph, check, ctx.records, ctx.target.name)
 
 
 def _dump_set(dump_after, names) -> set[str]:

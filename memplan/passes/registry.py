@@ -81,7 +81,18 @@ class PassContext:
     options: dict = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     records: dict = field(default_factory=dict)  # solver records and figures for the Plan report
-    backend: object = None  # the Backend (memplan.backends.base); run_pipeline sets the PyTorch one if None
+    backend: object = None  # the Backend (memplan.backends.base); None: the PyTorch one (get_backend)
+
+    def run_pass(self, name: str, graph):
+        """Run registered pass ``name`` on ``graph`` (a backend's ``legalize`` runs its passes so)."""
+        return PASSES[name].fn(graph, self)
+
+    def get_backend(self):
+        """The backend planning is for (the PyTorch one unless the context names another)."""
+        if self.backend is None:
+            from memplan.backends.base import get_backend
+            self.backend = get_backend("pytorch")
+        return self.backend
 
 
 DEFAULT_PIPELINE = ["verify", "fold_batchnorm", "legalize", "canonicalize", "lower_conv", "inplace", "schedule",

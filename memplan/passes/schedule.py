@@ -32,23 +32,15 @@ class ScheduleOptions:
     scratch_measure_cap: int | None = None  # most bytes of tensors one measurement may allocate
 
 
-def backend_of(ctx):
-    """The backend planning is for (the PyTorch one unless the context names another)."""
-    if ctx.backend is None:
-        from memplan.backends.base import get_backend
-        ctx.backend = get_backend("pytorch")
-    return ctx.backend
-
-
 def planned_scratch(graph, ctx) -> dict[str, int]:
     """Scratch of each node when it writes into a slot wherever it can (measured once per graph
     version and kept in ``ctx.records``)."""
-    kinds = storage_kinds(graph, backend_of(ctx).writes_into)
+    kinds = storage_kinds(graph, ctx.get_backend().writes_into)
     key = (id(graph), tuple(id(n) for n in graph.nodes), tuple(sorted(kinds.items())))
     cached = ctx.records.get("_scratch")
     if cached is not None and cached[0] == key:
         return cached[1]
-    temps = backend_of(ctx).scratch(graph, {v for v, k in kinds.items() if k == SLOT}, ctx.options, ctx.log)
+    temps = ctx.get_backend().scratch(graph, {v for v, k in kinds.items() if k == SLOT}, ctx.options, ctx.log)
     ctx.records["_scratch"] = (key, temps)
     return temps
 
