@@ -126,7 +126,10 @@ class Node:
     @property
     def inputs(self) -> list[Value]:
         """The tensor values this node reads, in argument order (duplicates kept)."""
-        return list(iter_values((self.args, self.kwargs)))
+        out: list = []
+        _leaves_into(self.args, out)
+        _leaves_into(self.kwargs, out)
+        return [leaf for leaf in out if isinstance(leaf, Value)]
 
     def __repr__(self) -> str:
         outs = ", ".join(f"%{v.name}" for v in self.outputs)
@@ -136,19 +139,35 @@ class Node:
 def iter_leaves(obj) -> Iterator[Any]:
     """Every leaf (a Value, or plain data other than lists, tuples and dicts) of a nested
     structure of args, in order."""
+    out: list = []
+    _leaves_into(obj, out)
+    return iter(out)
+
+
+def _leaves_into(obj, out: list) -> None:
+    # one list filled by plain recursion: generators nested per level cost a call per leaf and
+    # per level, and every pass asks for a node's inputs many times
     if isinstance(obj, (list, tuple)):
         for item in obj:
-            yield from iter_leaves(item)
+            if isinstance(item, (list, tuple, dict)):
+                _leaves_into(item, out)
+            else:
+                out.append(item)
     elif isinstance(obj, dict):
         for item in obj.values():
-            yield from iter_leaves(item)
+            if isinstance(item, (list, tuple, dict)):
+                _leaves_into(item, out)
+            else:
+                out.append(item)
     else:
-        yield obj
+        out.append(obj)
 
 
 def iter_values(obj) -> Iterator[Value]:
     """Every :class:`Value` inside a nested structure of args, in order."""
-    return (leaf for leaf in iter_leaves(obj) if isinstance(leaf, Value))
+    out: list = []
+    _leaves_into(obj, out)
+    return iter([leaf for leaf in out if isinstance(leaf, Value)])
 
 
 def map_values(obj, fn):

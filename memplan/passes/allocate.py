@@ -32,7 +32,7 @@ from memplan.analysis.check import ALIGNMENT
 from memplan.ir.graph import KERNEL, OWN, SLOT, Alloc, Graph
 from memplan.ir.regions import LOOP
 from memplan.passes.capacity import check_capacity
-from memplan.passes.layout import eager_strides, slot_strides
+from memplan.analysis.strides import eager_strides, slot_strides
 from memplan.passes.registry import register_pass
 from memplan.passes.schedule import planned_scratch
 from memplan.solvers.allocation import Buffer, solve_allocation

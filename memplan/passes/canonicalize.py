@@ -24,7 +24,8 @@ import torch
 
 from memplan.ir.graph import PARAM, Graph
 from memplan.ir.ops import lookup
-from memplan.passes.layout import channels_last_consumers, eager_strides, erase_nodes, layout_copy
+from memplan.analysis.strides import eager_strides
+from memplan.passes.layout import channels_last_consumers, erase_nodes, layout_copy
 from memplan.passes.registry import register_pass
 
 _IDENTITY_COPIES = {"aten.clone.default", "aten.alias.default", "aten.detach.default",

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 from memplan.ir.graph import NODE, Graph, Node, Value, iter_values
 from memplan.ir.ops import OpKind, lookup
-from memplan.passes.layout import eager_strides, is_dense
+from memplan.analysis.strides import eager_strides
+from memplan.ir.types import is_dense
 from memplan.analysis.liveness import storage_roots
 from memplan.passes.registry import register_pass
 

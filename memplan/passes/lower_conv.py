@@ -147,7 +147,7 @@ class LowerConvOptions:
 @register_pass("lower_conv", options=LowerConvOptions, produces=("kernels",))
 def lower_conv(graph: Graph, ctx) -> Graph:
     """Lower convolutions to im2col + GEMM where that lowers the planned peak (see module docstring)."""
-    from memplan.passes.layout import eager_strides
+    from memplan.analysis.strides import eager_strides
 
     mode = ctx.options.get("conv_lowering", "auto")
     if mode not in ("auto", "always", "never"):

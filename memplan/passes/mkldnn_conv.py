@@ -15,7 +15,7 @@ float32, static shapes, weights a param) into ``memplan.mkldnn_conv2d`` and
 folds a ``relu`` that is its output's only reader into it. The op's output is
 channels-last, and layouts propagate: elementwise ops, pooling and
 concatenation keep it (the strides are found as eager finds them,
-:func:`~memplan.passes.layout.eager_strides`). A ``view`` the new layout
+:func:`~memplan.analysis.strides.eager_strides`). A ``view`` the new layout
 cannot serve becomes a contiguous copy plus a view, and a graph output whose
 layout changed is copied back to the layout eager returns, so callers see no
 difference. Option ``conv_kernel``: ``"mkldnn"`` (default where oneDNN is
@@ -31,8 +31,9 @@ import torch
 
 from memplan.ir.custom_ops import MKLDNN_CONV2D, MKLDNN_CONV2D_ADD, MKLDNN_CONVS
 from memplan.ir.graph import INPUT, NODE, PARAM, Graph, Node, Value
-from memplan.passes.layout import (PLAIN_VIEWS, FakeRun, cache_strides, channels_last_consumers, channels_last_order,
-                                   copy_to_layout, eager_strides, erase_nodes, layout_copy, same_layout)
+from memplan.analysis.strides import FakeRun, cache_strides, eager_strides, same_layout
+from memplan.passes.layout import (PLAIN_VIEWS, channels_last_consumers, channels_last_order, copy_to_layout,
+                                   erase_nodes, layout_copy)
 from memplan.passes.registry import register_pass
 
 CONV = "aten.convolution.default"
@@ -171,7 +172,7 @@ def repair_view_layouts(graph: Graph) -> dict[str, tuple[int, ...]]:
     """Give every plain ``view`` whose input's layout cannot serve it (a pass changed that layout) a
     copy of its input, inserted just before it (:func:`~memplan.passes.layout.layout_copy`; laid
     out so that the view comes out channels-last where only oneDNN convolutions read it). Returns
-    the eager strides of the repaired graph (:func:`~memplan.passes.layout.eager_strides`, which
+    the eager strides of the repaired graph (:func:`~memplan.analysis.strides.eager_strides`, which
     this run also caches): the graph runs on fake tensors once, each copy as it is inserted."""
     prefer = channels_last_consumers(graph)
     with FakeRun(graph) as run:

@@ -148,7 +148,7 @@ def test_canonicalize_forwards_chains_of_copies_and_erases_dead_code():
 def test_lowering_a_convolution_and_restoring_it_gives_the_graph_back():
     from memplan.api import lower
     from memplan.ir.printer import print_graph
-    from memplan.passes.layout import eager_strides
+    from memplan.analysis.strides import eager_strides
     from memplan.passes.lower_conv import lower_one, restore
 
     model, x = Block().eval(), torch.randn(1, 8, 20, 20)

@@ -36,7 +36,7 @@ def no_measuring(monkeypatch):
     """Fail the test if any kernel is run to measure its scratch."""
     def refuse(*args, **kwargs):
         raise AssertionError("scratch was measured")
-    monkeypatch.setattr(scratch, "_measure", refuse)
+    monkeypatch.setattr(scratch, "_measure_all", refuse)
     scratch._CACHE.clear()
 
 
@@ -70,8 +70,9 @@ def test_tier_room_is_checked_before_measuring(no_measuring):
 
 def test_big_nodes_get_the_static_estimate_not_a_measurement(monkeypatch):
     measured = []
-    real = scratch._measure
-    monkeypatch.setattr(scratch, "_measure", lambda node, *a: measured.append(node.name) or real(node, *a))
+    real = scratch._measure_all
+    monkeypatch.setattr(scratch, "_measure_all",
+                        lambda pending, *a: measured.extend(n.name for n, _ in pending.values()) or real(pending, *a))
     scratch._CACHE.clear()
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
     small, big = torch.randn(2, 64), torch.randn(512, 64)  # 128 KiB activations: above a 64 KiB cap

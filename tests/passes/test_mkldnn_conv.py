@@ -9,7 +9,7 @@ from memplan.errors import MemplanError
 from memplan.ir.custom_ops import MKLDNN_CONV2D
 from memplan.ir.parser import parse
 from memplan.ir.printer import print_graph
-from memplan.passes.layout import eager_strides
+from memplan.analysis.strides import eager_strides
 from memplan.passes.mkldnn_conv import available
 from memplan.profiling import timeline_peak
 
@@ -160,7 +160,7 @@ def test_the_rewrite_runs_the_graph_on_fake_tensors_twice_and_caches_the_result(
     """Once for the layouts before the rewrite, once while repairing views (which inserts their
     copies as it goes); the strides of the rewritten graph are then known without a third run."""
     from memplan.api import lower
-    from memplan.passes import layout
+    from memplan.analysis import strides as layout
     from memplan.passes.mkldnn_conv import rewrite_convolutions
 
     graph = lower(Net().eval(), (torch.randn(1, 3, 32, 32),))

@@ -6,8 +6,8 @@ from torch import nn
 import memplan
 from memplan.ir.graph import Graph
 from memplan.ir.types import TensorType
-from memplan.passes import layout
-from memplan.passes.layout import CACHE_SIZE, eager_strides, fake_runs, stride_fingerprint
+from memplan.analysis import strides as layout
+from memplan.analysis.strides import CACHE_SIZE, eager_strides, fake_runs, stride_fingerprint
 
 F = "f32"
 
