@@ -30,7 +30,8 @@ import memplan
 from memplan.api import lower
 from memplan.errors import PlanVerificationError
 from memplan.ir import Graph, TensorType
-from memplan.ir.custom_ops import INPLACE_ARGS, MKLDNN_CONV2D_ADD
+from memplan.backends.pytorch_ops import MKLDNN_CONV2D_ADD
+from memplan.ir.ops import lookup
 from memplan.ir.graph import KERNEL, SLOT, Alloc, Value
 from memplan.ir.ops import OpKind, is_view, lookup
 from memplan.passes.mkldnn_conv import available as mkldnn_available
@@ -289,7 +290,7 @@ def _positional_values(node):
 def assert_never_reads_what_it_overwrites(graph: Graph) -> None:
     """No node of planned ``graph`` reads (through any view, in-place alias or overlapping slot of a
     storage) the bytes it writes, other than the one argument it may write over: the exact value
-    ``reuses`` names, at any position for an elementwise op, at the positions ``INPLACE_ARGS`` lists
+    ``reuses`` names, at any position for an elementwise op, at the positions its ``OpDef.inplace_args`` lists
     for others."""
     root = {v.name: v.name for v in graph.values()}
     for n in graph.nodes:  # storage roots, derived here independently of memplan's passes
@@ -316,8 +317,8 @@ def assert_never_reads_what_it_overwrites(graph: Graph) -> None:
         name = node.name
         if node.reuses is not None:
             written = [root[node.reuses.name]]
-            if node.op in INPLACE_ARGS:
-                allowed = set(INPLACE_ARGS[node.op])
+            if lookup(node.op).inplace_args:
+                allowed = set(lookup(node.op).inplace_args)
             elif lookup(node.op).kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST):
                 allowed = {i for i, _ in _positional_values(node)}
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from memplan.ir.custom_ops import MKLDNN_CONVS as CONVS
+from memplan.backends.pytorch_ops import MKLDNN_CONVS as CONVS
 from memplan.ir.graph import PARAM, Graph
 
 

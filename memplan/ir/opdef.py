@@ -1,6 +1,6 @@
 """The core of the op registry: op kinds, :class:`OpDef`, and the table of ``memplan.*`` ops.
 
-:mod:`memplan.ir.custom_ops` registers the ``memplan.*`` ops here with
+:mod:`memplan.backends.pytorch_ops` (the PyTorch backend's kernel dialect), :mod:`memplan.ir.planning_ops` and :mod:`memplan.ir.regions` register the ``memplan.*`` ops here with
 :func:`register_op`; :mod:`memplan.ir.ops` (aten ops, :func:`~memplan.ir.ops.lookup`)
 reads the table. Both build on this module, so neither imports the other's
 half of the registry back. It imports nothing from memplan, so any module

@@ -13,8 +13,10 @@ Shape/dtype inference runs the reference implementation on meta tensors,
 unless an op registers its own rule.
 
 :class:`OpKind`, :class:`OpDef` and :func:`register_op` live in
-:mod:`memplan.ir.opdef` (re-exported here), the ``memplan.*`` ops in
-:mod:`memplan.ir.custom_ops`, which this module imports.
+:mod:`memplan.ir.opdef` (re-exported here). The IR's own ``memplan.*`` ops
+(``memplan.copy``, ``memplan.group``, ``memplan.loop``) are registered by
+modules this one imports; a backend registers its kernel dialect
+(:mod:`memplan.backends.pytorch_ops`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import math
 import torch
 
 from memplan.errors import UnsupportedOpError
-from memplan.ir import custom_ops, planning_ops, regions  # noqa: F401  (register the memplan.* ops)
+from memplan.ir import planning_ops, regions  # noqa: F401  (register the memplan.* ops of the IR itself)
 from memplan.ir.graph import Node, Value, map_values
 from memplan.ir.opdef import _CUSTOM, OpDef, OpKind, _numel, conv_flops, register_op  # noqa: F401  (re-exported)
 from memplan.ir.types import TensorType
@@ -137,7 +139,8 @@ _INFER = {"_native_batch_norm_legit_no_training": _bn_no_training_types}
 
 
 # ---------------------------------------------------------------- registry
-# memplan.* ops are in memplan.ir.opdef._CUSTOM (registered by memplan.ir.custom_ops); aten ops are
+# memplan.* ops are in memplan.ir.opdef._CUSTOM (registered by memplan.ir.planning_ops, memplan.ir.regions and a
+# backend's kernel dialect such as memplan.backends.pytorch_ops); aten ops are
 # looked up on first use.
 _CACHE: dict[str, OpDef] = {}
 

@@ -138,8 +138,9 @@ def allocate(graph, ctx):
         raise MemplanError(f"option allocation={mode!r:.40}: choose auto (the lower planned peak), storage "
                            "(a static storage per tier) or free (every value kernel-owned, freed at its last use)")
     heap_temps, heap_peak = None, None
+    bare = liveness(graph)  # no scratch: what freeing at last use holds at each step, before kernels
     # without its scratch the free run's peak is a bound: measure it only if it can win
-    if mode == "free" or (mode == "auto" and not _free_cannot_win(graph, ctx, planned)):
+    if mode == "free" or (mode == "auto" and not _free_cannot_win(graph, ctx, planned, bare)):
         heap_temps = ctx.get_backend().scratch(graph, set(), ctx.options, ctx.log)
         heap_peak = liveness(graph, temps=heap_temps).peak_bytes
         stats["free_at_last_use_peak_bytes"] = heap_peak
@@ -147,7 +148,7 @@ def allocate(graph, ctx):
     if not use_storage:
         storage_peak = planned
         kinds, temps, planned, result, buffers = mixed_plan(graph, kinds, temps, heap_temps, heap_peak,
-                                                            time_limit)
+                                                            time_limit, bare)
         use_storage = bool(buffers)
         ctx.log.append(f"allocate: a static storage for every value with an out= form would peak at "
                        f"{format_bytes(storage_peak)}, above the {format_bytes(heap_peak)} of freeing each value at "
@@ -181,11 +182,11 @@ def allocate(graph, ctx):
 PROOF_STEPS = 8  # steps at the top of the live profile measured first (a cheap proof the free run loses)
 
 
-def _free_cannot_win(graph: Graph, ctx, planned: int) -> bool:
+def _free_cannot_win(graph: Graph, ctx, planned: int, live) -> bool:
     """True when freeing every value at its last use provably peaks at ``planned`` or above, without
     measuring every kernel: its peak is at least, at any step, the bytes live then plus that step's
-    scratch, so the steps where most bytes are live are measured first."""
-    live = liveness(graph)
+    scratch, so the steps where most bytes are live are measured first. ``live``: the graph's
+    liveness without scratch."""
     if live.peak_bytes >= planned:
         return True
     top = sorted(range(len(graph.nodes)), key=lambda i: -live.live_bytes[i])[:PROOF_STEPS]
@@ -199,13 +200,13 @@ MIXED_CANDIDATES = 256  # the largest values tried in a slot when a full storage
 
 
 def mixed_plan(graph: Graph, kinds: dict[str, str], temps: dict[str, int], heap_temps: dict[str, int],
-               heap_peak: int, time_limit: float):
+               heap_peak: int, time_limit: float, live=None):
     """Slot vs kernel-owned per value, when a storage for every value would peak above freeing each
     value at its last use: start from the latter (every value kernel-owned) and, largest first, give a
     node's results slots whenever that does not raise the planned peak (storage height + the most bytes
-    outside it at once). Never above ``heap_peak``. Returns (kinds, scratch, planned peak, packing,
-    buffers)."""
-    live = liveness(graph)
+    outside it at once). Never above ``heap_peak``. ``live``: the graph's liveness without scratch
+    (computed if not given). Returns (kinds, scratch, planned peak, packing, buffers)."""
+    live = liveness(graph) if live is None else live
     steps = max(len(graph.nodes), 1)
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     outside = [0] * steps

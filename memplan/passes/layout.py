@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from memplan.ir.graph import Graph, Node
-from memplan.ir.custom_ops import MKLDNN_CONVS
+from memplan.backends.pytorch_ops import MKLDNN_CONVS
 from memplan.ir.types import TensorType
 
 PLAIN_VIEWS = {"aten.view.default", "aten._unsafe_view.default"}

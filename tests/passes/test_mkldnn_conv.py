@@ -6,7 +6,7 @@ from torch import nn
 import memplan
 from memplan.backends.mkldnn import prepack
 from memplan.errors import MemplanError
-from memplan.ir.custom_ops import MKLDNN_CONV2D
+from memplan.backends.pytorch_ops import MKLDNN_CONV2D
 from memplan.ir.parser import parse
 from memplan.ir.printer import print_graph
 from memplan.analysis.strides import eager_strides
@@ -173,3 +173,50 @@ def test_the_rewrite_runs_the_graph_on_fake_tensors_twice_and_caches_the_result(
     strides = eager_strides(graph)  # only the output copies were appended since the repair
     assert layout.fake_runs() - start == 3
     assert eager_strides(graph) == strides and layout.fake_runs() - start == 3
+
+
+class Conv1dNet(nn.Module):
+    """1-D convolutions (stride, dilation, groups, no bias), a group norm over a channels-last
+    result, a weight shared by two convolutions, and an output transposed as speech encoders do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(8, 16, 3, padding=1)
+        self.norm = nn.GroupNorm(16, 16)
+        self.b = nn.Conv1d(16, 16, 3, stride=2, dilation=2, padding=2, bias=False)
+        self.c = nn.Conv1d(16, 4, 1, groups=4)
+
+    def forward(self, x):
+        y = nn.functional.gelu(self.norm(self.a(x)))
+        y = torch.relu(self.b(y))
+        y = self.b(y) + 1  # the same weight again
+        return self.c(y).transpose(1, 2)
+
+
+def test_1d_convolutions_run_by_onednn_as_2d_and_match_eager():
+    model, x = Conv1dNet().eval(), torch.randn(2, 8, 100)
+    cm = memplan.compile(model, (x,))
+    ops = [n.op for n in cm.graph.nodes]
+    assert ops.count(MKLDNN_CONV2D) == 4 and "aten.convolution.default" not in ops
+    lifted = [v.name for v in cm.graph.params if v.name.endswith("_2d")]
+    assert sorted(lifted) == ["a.weight_2d", "b.weight_2d", "c.weight_2d"]  # b's weight lifted once
+    # the group norm's kernel refuses a channels-last (N, C, L) input: it reads a contiguous copy
+    norm = next(n for n in cm.graph.nodes if n.op == "aten.native_group_norm.default")
+    assert norm.args[0].producer.op == "aten.clone.default"
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-5)
+    assert timeline_peak(cm, x)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
+    assert parse(print_graph(cm.graph)) == cm.graph
+
+
+def test_1d_convolution_of_a_graph_input_reads_a_channels_last_copy():
+    """oneDNN given an NCHW input reorders it inside (scratch) and its functional form returns a
+    contiguous result where the plan expects channels-last: the input is copied first instead."""
+    model, x = nn.Conv1d(8, 16, 3).eval(), torch.randn(1, 8, 50)
+    cm = memplan.compile(model, (x,), options={"allocation": "free"})
+    conv = next(n for n in cm.graph.nodes if n.op == MKLDNN_CONV2D)
+    copy = conv.args[0].producer
+    assert copy.op == "aten.clone.default" and copy.kwargs["memory_format"] == torch.channels_last
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-5)
+    assert timeline_peak(cm, x)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]

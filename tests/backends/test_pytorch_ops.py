@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from memplan.ir.custom_ops import _constant_pad_nd_out, _max_pool2d_out
+from memplan.backends.pytorch_ops import _constant_pad_nd_out, _max_pool2d_out
 from memplan.backends.pytorch_kernels import out_variant
 
 

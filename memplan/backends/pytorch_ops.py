@@ -1,10 +1,15 @@
-"""``memplan.*`` ops: semantics aten lacks (mostly ONNX ops with no aten twin).
+"""The PyTorch backend's kernel dialect: ``memplan.*`` ops that name a kernel choice.
 
-Each op registers a torch reference implementation with
-:func:`memplan.ir.opdef.register_op`; :mod:`memplan.ir.ops` imports this
-module, so every ``memplan.*`` op is known once ``lookup`` is. The PyTorch
-backend calls an op as ``memplan_ops.<name>(...)`` and shape inference runs
-it on meta tensors.
+aten has no copy-free ``out=`` form for some ops (its ``out=`` computes a
+temporary and copies), and oneDNN's convolutions are called through
+``torch.ops.mkldnn``. The backend's ``legalize`` step rewrites aten ops into
+these (``memplan.mkldnn_conv2d``, ``memplan.max_pool2d``, ...), and the
+emitted code calls their ``.out`` forms into planned slots. They are kernel
+choices of this backend, not IR semantics: they live here, and the backend
+registers them in the op registry (:func:`memplan.ir.opdef.register_op`) when
+it is imported (importing ``memplan`` imports it), so that planned IR naming
+them parses, type-checks and runs. Each has a reference implementation, which
+shape inference and the fake-tensor layout analysis run.
 """
 from __future__ import annotations
 
@@ -64,9 +69,6 @@ MKLDNN_CONV2D_ADD = "memplan.mkldnn_conv2d_add"
 register_op(MKLDNN_CONV2D_ADD, OpKind.OPAQUE, _pointwise_conv_add, flops=conv_flops, out_args=["out"],
             inplace_args=(7,))  # the sum may be written over the residual (``other``)
 MKLDNN_CONVS = (MKLDNN_CONV2D, MKLDNN_CONV2D_ADD)
-# ops that may write over some of their inputs (by argument position) besides elementwise ones
-# (kept for callers of the old name: the registry's OpDef.inplace_args is the source)
-INPLACE_ARGS = {MKLDNN_CONV2D_ADD: (7,)}
 
 
 def _constant_pad_nd_out(x, pad, value=0.0, *, out):
