@@ -23,7 +23,6 @@ from pathlib import Path
 
 from memplan.errors import IRParseError, MemplanError, OutputPathError, PlanFormatError
 from memplan.files import read_text
-from memplan.ir.parser import MAX_TEXT_CHARS
 
 EMITS = ("ir", "python", "plan", "report")
 
@@ -147,7 +146,23 @@ def cmd_lower(args) -> int:
             console.print(f"wrote {w}", soft_wrap=True, markup=False)
     if args.dump_ir_after:
         console.print(f"IR dumps in {out / 'dumps'}", soft_wrap=True, markup=False)
+    if args.explain_fusion:
+        for line in _fusion_lines(cm.plan):
+            console.print(line, soft_wrap=True, markup=False)
     return 0
+
+
+def _fusion_lines(plan) -> list[str]:
+    """``--explain-fusion``: each fused region with its members, then each node left out and why."""
+    lines = [f"fusion: {len(plan.fusion)} fused regions"]
+    for region, members in plan.fusion.items():
+        lines.append(f"  {region}: {', '.join(members)}")
+    reasons = plan.stats.get("why_not_fused", {})
+    fused = {m for members in plan.fusion.values() for m in members}
+    left = [(name, why) for name, why in reasons.items() if name not in fused]
+    lines.append(f"not fused: {len(left)} nodes")
+    lines += [f"  {name}: {why}" for name, why in left]
+    return lines
 
 
 def _pipeline_and_options(args) -> tuple[list[str] | None, dict]:
@@ -169,6 +184,7 @@ def _pipeline_and_options(args) -> tuple[list[str] | None, dict]:
 
 def _read_text(path: Path, what: str) -> str:
     """The UTF-8 text of ``path``, bounded; a one-line error naming the file if it is not."""
+    from memplan.ir.parser import MAX_TEXT_CHARS
     return read_text(path, 4 * MAX_TEXT_CHARS, IRParseError, what)
 
 
@@ -316,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("--input-shape", default=None, metavar="x=1x3x224x224,...",
                        help="concrete shapes for inputs with symbolic dims")
     lower.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    lower.add_argument("--explain-fusion", action="store_true",
+                       help="print the fused regions and, for every node left unfused, why")
     lower.add_argument("--pipeline", default=None, metavar="PASS,PASS,...",
                        help="the passes to run, in order (default: the standard pipeline; see `memplan passes`)")
     lower.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

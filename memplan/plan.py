@@ -71,9 +71,28 @@ class Plan:
         stats.update(derived)
         if records.get("pass_seconds"):
             stats["pass_seconds"] = dict(records["pass_seconds"])
+        fusion_records = records.get("fusion") or {}
+        if fusion_records.get("why_not_fused"):
+            stats["why_not_fused"] = dict(fusion_records["why_not_fused"])
+        fusion = {n.name: [m.name for m in n.subgraph.nodes] for n in graph.nodes
+                  if n.subgraph is not None and n.op.startswith("memplan.")}
         return Plan(graph=graph.name, target=target or str(graph.attrs.get("target", "")),
-                    schedule=[n.name for n in graph.nodes], placement=placement, allocation=allocation,
-                    stats=stats)
+                    schedule=[n.name for n in graph.nodes], fusion=fusion, placement=placement,
+                    allocation=allocation, stats=stats)
+
+    def why_not_fused(self, node: str) -> str:
+        """Why node ``node`` (its name in the graph before fusion) is not part of a fused region, or
+        which region it runs in."""
+        name = getattr(node, "name", node)
+        for region, members in self.fusion.items():
+            if name in members:
+                return f"fused: it runs in region {region} with {len(members) - 1} other nodes"
+        reasons = self.stats.get("why_not_fused", {})
+        if name in reasons:
+            return reasons[name]
+        if name in self.schedule:
+            return "not considered: the fuse pass did not run, or found no group for it"
+        return f"no node {name!r} in graph {self.graph!r}"
 
     # ---- serialisation ----------------------------------------------------
     def to_dict(self) -> dict:
@@ -301,7 +320,7 @@ STATS_FIELDS = {
     "arena_bytes": _bytes, "arena_lower_bound_bytes": _bytes, "outside_arena_bytes": _bytes,
     "planned_peak_bytes": _bytes, "memory_budget": _optional_bytes, "free_at_last_use_peak_bytes": _bytes,
     "buffers": _dict_of(_buffer_triple), "pass_seconds": _dict_of(_number), "joint": _dict_of(_anything),
-    "peaks_per_tier": _dict_of(_bytes),
+    "peaks_per_tier": _dict_of(_bytes), "why_not_fused": _dict_of(_str),
 }
 
 PLAN_FIELDS = {

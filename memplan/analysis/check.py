@@ -38,7 +38,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from memplan.errors import IRVerificationError, PlanVerificationError
-from memplan.ir.regions import LOOP, REGION_OPS, check_region
+from memplan.ir.regions import LOOP, REGION_OPS, check_region, lockstep_inputs
 from memplan.ir.graph import KERNEL, OWN, SLOT, Graph, Node, Value, iter_values, map_values
 from memplan.ir.ops import OpKind, is_view, lookup
 from memplan.ir.types import eval_bytes, is_dense
@@ -415,6 +415,10 @@ def _reads_overwritten(node, reused: str, root) -> str | None:
     kind = lookup(node.op, node=node.name).kind
     hits = [(i, v.name) for i, a in enumerate(node.args) for v in iter_values(a) if root[v.name] == r]
     hits += [(None, v.name) for v in iter_values(node.kwargs) if root[v.name] == r]
+    if node.op == LOOP:  # once, as an input read in lockstep with the output it is written by
+        allowed = set(lockstep_inputs(node))
+        bad = [name for i, name in hits if i not in allowed or name != reused]
+        return bad[0] if bad else (hits[1][1] if len(hits) > 1 else None)
     if lookup(node.op, node=node.name).inplace_args:
         allowed = set(lookup(node.op, node=node.name).inplace_args)
         bad = [name for i, name in hits if i not in allowed or name != reused]

@@ -19,6 +19,16 @@ from memplan.ir.graph import PARAM, Graph
 def prepack(graph: Graph) -> dict[str, torch.Tensor]:
     """``graph.weights`` with every weight read only by ``memplan.mkldnn_conv2d*`` nodes of one
     geometry replaced by its oneDNN-packed form."""
+    weights = dict(graph.weights)
+    for name, (padding, stride, dilation, groups, input_size) in packed_weights(graph).items():
+        weights[name] = torch.ops.mkldnn._reorder_convolution_weight(
+            weights[name], list(padding), list(stride), list(dilation), groups, list(input_size))
+    return weights
+
+
+def packed_weights(graph: Graph) -> dict[str, tuple]:
+    """The weights :func:`prepack` packs, each with its geometry (padding, stride, dilation, groups,
+    input size); the others stay plain (a oneDNN convolution then reorders them on every call)."""
     keys: dict[str, set] = {}
     readers: dict[str, int] = {}
     for node in graph.nodes:
@@ -33,11 +43,9 @@ def prepack(graph: Graph) -> dict[str, torch.Tensor]:
     for node in graph.nodes:
         if node.op in CONVS and node.args[1].kind == PARAM:
             conv_readers[node.args[1].name] = conv_readers.get(node.args[1].name, 0) + 1
-    weights = dict(graph.weights)
+    packed = {}
     for name, ks in keys.items():
-        if len(ks) != 1 or readers.get(name) != conv_readers.get(name) or name not in weights:
+        if len(ks) != 1 or readers.get(name) != conv_readers.get(name) or name not in graph.weights:
             continue  # read elsewhere too, or by convolutions of different geometry: keep it plain
-        padding, stride, dilation, groups, input_size = next(iter(ks))
-        weights[name] = torch.ops.mkldnn._reorder_convolution_weight(
-            weights[name], list(padding), list(stride), list(dilation), groups, list(input_size))
-    return weights
+        packed[name] = next(iter(ks))
+    return packed

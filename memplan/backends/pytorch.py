@@ -139,7 +139,7 @@ def _function(graph: Graph, fname: str, functions: list[list[str]], *, weights: 
         comment = f"  # {step}: from {comment_text(origin)}"
         if node.recomputes is not None:
             comment += f" (recomputes %{comment_text(node.recomputes.name)})"
-        if node.reuses is not None:
+        if node.reuses is not None and node.op not in REGION_OPS:
             body += _inplace_step(node, names, comment)
         elif node.op in REGION_OPS:
             region = f"region_{len(functions)}_{identifier(node.name)}"
@@ -163,7 +163,10 @@ def _region_step(node, names, region: str, comment: str) -> list[str]:
     if node.op == GROUP:
         return [f"{_targets(node, names)} = {region}({', '.join(args)}){comment}"]
     spec = loop_spec(node)
-    lines = [f"{names(v)} = {_buffer(v)}" for v in node.outputs]
+    if node.reuses is not None:  # each trip's result goes over the input tile it has just read
+        lines = [f"{names(node.outputs[0])} = {names(node.reuses)}"]
+    else:
+        lines = [f"{names(v)} = {_buffer(v)}" for v in node.outputs]
     tiles = [a if s.kind == "full" else f"{a}.narrow({s.dim}, t * {s.step}, {s.size})"
              for a, s in zip(args, spec.inputs)]
     results = [f"trip_{j}" for j in range(len(node.outputs))]

@@ -87,9 +87,10 @@ def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]], flags: di
     A node whose tensors exceed ``cap`` bytes (default :func:`measure_cap`) is not run: it gets
     the static estimate, and a line in ``log`` says so.
     """
-    from memplan.backends.mkldnn import prepack
+    from memplan.backends.mkldnn import packed_weights, prepack
 
     cap = measure_cap({}) if cap is None else cap
+    packed = set(packed_weights(graph))
     roots = storage_roots(graph)
     temps: dict[str, int] = {}
     pending: dict[tuple, tuple[Node, list[bool]]] = {}  # distinct signatures to measure, in order
@@ -100,7 +101,7 @@ def measure_scratch(graph: Graph, strides: dict[str, tuple[int, ...]], flags: di
         if node.subgraph is not None or lookup(node.op).view:
             continue
         in_arena = flags.get(node.name, [False] * len(node.outputs))
-        key = _signature(node, in_arena, strides)
+        key = _signature(node, in_arena, strides, packed)
         if key not in _CACHE and key not in pending:
             touched = measured_bytes(node, graph.weights)
             if touched > cap:
@@ -138,10 +139,11 @@ def _writes_in_place(node: Node) -> bool:
     return node.subgraph is not None or lookup(node.op).view or out_variant(node.op) is not None
 
 
-def _signature(node: Node, in_arena, strides) -> tuple:
-    """What decides a kernel's scratch: the op, its argument types, layouts and values, where outputs go."""
+def _signature(node: Node, in_arena, strides, packed=frozenset()) -> tuple:
+    """What decides a kernel's scratch: the op, its argument types, layouts and values, whether a
+    weight is prepacked for oneDNN (a plain one is reordered on every call), where outputs go."""
     def typed(v):
-        return f"{v.type}{strides.get(v.name, '')}"
+        return f"{v.type}{strides.get(v.name, '')}{' packed' if v.name in packed else ''}"
     args = format_arg(map_values(list(node.args), typed))
     kwargs = format_arg([(k, map_values(v, typed)) for k, v in sorted(node.kwargs.items())])
     return (node.op, args, kwargs, tuple(in_arena))
@@ -179,7 +181,13 @@ def _example(value, weights, strides, fill: int) -> torch.Tensor:
         return weights[value.name]
     t = value.type
     shape = [int(d) for d in t.shape]
-    out = torch.empty_strided(shape, slot_strides(shape, strides.get(value.name)), dtype=t.torch_dtype)
+    eager = strides.get(value.name)
+    if eager is not None and len(eager) == len(shape) and all(s >= 0 for s in eager) and 0 not in shape:
+        # eager's strides, dense or not: a kernel may copy a non-dense input first (its scratch)
+        extent = 1 + sum((d - 1) * s for d, s in zip(shape, eager))
+        out = torch.empty(extent, dtype=t.torch_dtype).as_strided(shape, eager)
+    else:
+        out = torch.empty_strided(shape, slot_strides(shape, eager), dtype=t.torch_dtype)
     if t.torch_dtype.is_floating_point and out.numel():
         out.copy_(_random_pool(out.numel(), t.torch_dtype).view(shape))
     else:

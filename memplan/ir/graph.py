@@ -211,6 +211,12 @@ class Graph:
         self._next_suffix: dict[str, int] = {}
 
     # ---- construction -------------------------------------------------
+    def copy(self) -> "Graph":
+        """A structural copy (nodes, values, bodies, allocations) sharing the weight tensors."""
+        import copy as _copy
+        memo = {id(t): t for t in self.weights.values()}
+        return _copy.deepcopy(self, memo)
+
     def fresh_name(self, hint: str) -> str:
         """A value/node name not used yet in this graph, derived from ``hint``."""
         base = "".join(c if (c.isalnum() or c in "_.") else "_" for c in hint).strip(".") or "v"

@@ -154,12 +154,32 @@ def resolve_aten(name: str):
     return getattr(packet, parts[2])
 
 
+# the backends' kernel dialects (memplan.* ops a backend registers when imported), loaded on the first
+# lookup of a memplan.* op the registry does not know: planned IR read without importing the backend
+# (``memplan show model.mir``) still knows them
+_DIALECTS_LOADED = False
+
+
+def _load_dialects() -> bool:
+    """Import the known dialects once; True if that registered anything new."""
+    global _DIALECTS_LOADED
+    if _DIALECTS_LOADED:
+        return False
+    _DIALECTS_LOADED = True
+    import importlib
+    before = len(_CUSTOM)
+    importlib.import_module("memplan.backends.pytorch_ops")  # the known dialects
+    return len(_CUSTOM) > before
+
+
 def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
     """The :class:`OpDef` of ``name``; raises :class:`UnsupportedOpError` naming the op and node."""
     if name in _CACHE:
         return _CACHE[name]
     if name in _CUSTOM:
         return _CUSTOM[name]
+    if name.startswith("memplan.") and _load_dialects():
+        return lookup(name, node=node, source=source)
     where = f" (node {node}{', ' + source if source else ''})" if node else ""
     parts = name.split(".")
     packet = parts[1] if len(parts) >= 2 and parts[0] == "aten" else None
@@ -245,7 +265,11 @@ def infer_types(node: Node) -> list[TensorType]:
     opdef = lookup(node.op, node=node.name, source=node.source)
     if opdef.infer is not None:
         return opdef.infer(node)
+    # the default dtype decides results of type promotion and of factory ops given no dtype; a
+    # memplan.* op may be registered again with another implementation
     key = _signature((node.op, node.args, node.kwargs))
+    if key is not None:
+        key = (key, torch.get_default_dtype(), opdef.impl)
     if key is not None and key in _INFERRED:
         return list(_INFERRED[key])
     types = _infer_meta(node, opdef)

@@ -191,6 +191,28 @@ def check_region(node: Node) -> None:
             _fail(node, f"output %{v.name} is typed {v.type}, but the body and its combine give {t}")
 
 
+def lockstep_inputs(node: Node) -> list[int]:
+    """Positions of the inputs a loop reads in lockstep with its one output: sliced without overlap
+    (``["slice", d, s, s]``) along the dim the output concatenates on, with the body output's tile
+    ``s`` there, and of the output's type. Trip ``t`` reads that input's tile ``t`` whole before it
+    writes the output's tile ``t`` (the body's results are new values, copied in after it ran), and
+    no other trip reads that tile: the output may be written over such an input."""
+    if node.op != LOOP or len(node.outputs) != 1 or node.subgraph is None:
+        return []
+    spec = loop_spec(node)
+    combine, out, body_out = spec.outputs[0], node.outputs[0], node.subgraph.outputs[0]
+    if combine.kind != "concat":
+        return []
+    d = combine.dim % max(out.type.rank, 1)
+    tile = body_out.type.shape[d]
+    found = []
+    for i, (arg, s) in enumerate(zip(node.args, spec.inputs)):
+        if (s.kind == "slice" and s.step == s.size == tile and isinstance(arg, Value)
+                and s.dim % max(arg.type.rank, 1) == d and arg.type.same_tensor(out.type)):
+            found.append(i)
+    return found
+
+
 def _not_callable(*args, **kwargs):
     raise TypeError("a region op runs its body graph: use memplan.ir.interpret.run_node, or a backend")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from memplan.errors import IRVerificationError, UnsupportedOpError
 from memplan.ir.graph import Graph, Value
 from memplan.ir.ops import infer_types, lookup
-from memplan.ir.regions import REGION_OPS, check_region
+from memplan.ir.regions import LOOP, REGION_OPS, check_region, lockstep_inputs
 
 
 def verify(graph: Graph, *, check_shapes: bool = True) -> None:
@@ -71,7 +71,12 @@ def _check_reuse(node, where: str) -> None:
     reused = next((v for v in node.inputs if v is node.reuses), None)
     if reused is None:
         raise IRVerificationError(f"{where}: reuses %{node.reuses.name}, which it does not read")
-    if len(node.outputs) != 1 or node.subgraph is not None or lookup(node.op).view:
+    if node.op == LOOP:
+        if not any(node.args[i] is reused for i in lockstep_inputs(node)):
+            raise IRVerificationError(f"{where}: a loop writes in place only over an input it reads in lockstep "
+                                      "with its one output (sliced ['slice', d, s, s] along the dim the output "
+                                      "concatenates on, s its tile there, of the output's type)")
+    elif len(node.outputs) != 1 or node.subgraph is not None or lookup(node.op).view:
         raise IRVerificationError(f"{where}: only a single-output, non-view op can write in place")
     if reused.kind != "node":
         raise IRVerificationError(f"{where}: writes in place over %{reused.name}, a graph {reused.kind}: "

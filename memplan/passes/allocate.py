@@ -141,7 +141,7 @@ def allocate(graph, ctx):
     bare = liveness(graph)  # no scratch: what freeing at last use holds at each step, before kernels
     # without its scratch the free run's peak is a bound: measure it only if it can win
     if mode == "free" or (mode == "auto" and not _free_cannot_win(graph, ctx, planned, bare)):
-        heap_temps = ctx.get_backend().scratch(graph, set(), ctx.options, ctx.log)
+        heap_temps = ctx.get_backend().scratch(graph, _own(kinds), ctx.options, ctx.log)
         heap_peak = liveness(graph, temps=heap_temps).peak_bytes
         stats["free_at_last_use_peak_bytes"] = heap_peak
     use_storage = heap_peak is None or (mode == "auto" and planned <= heap_peak)
@@ -179,6 +179,12 @@ def allocate(graph, ctx):
     return graph
 
 
+def _own(kinds: dict[str, str]) -> set[str]:
+    """Values with a buffer of their own (graph outputs with an out= form): written through the
+    out= form however the rest is planned, so measured so."""
+    return {v for v, k in kinds.items() if k == OWN}
+
+
 PROOF_STEPS = 8  # steps at the top of the live profile measured first (a cheap proof the free run loses)
 
 
@@ -192,7 +198,8 @@ def _free_cannot_win(graph: Graph, ctx, planned: int, live) -> bool:
     top = sorted(range(len(graph.nodes)), key=lambda i: -live.live_bytes[i])[:PROOF_STEPS]
     top = [i for i in top if live.live_bytes[i] < planned]
     names = {graph.nodes[i].name for i in top}
-    scratch = ctx.get_backend().scratch(graph, set(), ctx.options, ctx.log, only=names)
+    scratch = ctx.get_backend().scratch(graph, _own(storage_kinds(graph, ctx.get_backend().writes_into)), ctx.options,
+                                        ctx.log, only=names)
     return any(live.live_bytes[i] + scratch.get(graph.nodes[i].name, 0) >= planned for i in top)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from memplan.ir.graph import NODE, Graph, Node, Value, iter_values
 from memplan.ir.ops import OpKind, lookup
+from memplan.ir.regions import LOOP, lockstep_inputs
 from memplan.analysis.strides import eager_strides
 from memplan.ir.types import is_dense
 from memplan.analysis.liveness import storage_roots
@@ -44,6 +45,8 @@ _COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy"}
 
 
 def _candidate(node: Node) -> bool:
+    if node.op == LOOP:
+        return node.reuses is None and bool(lockstep_inputs(node))
     if len(node.outputs) != 1 or node.subgraph is not None or node.reuses is not None:
         return False
     if lookup(node.op, node=node.name).inplace_args:
@@ -54,7 +57,10 @@ def _candidate(node: Node) -> bool:
 
 
 def _overwritable(node: Node) -> list[Value]:
-    """The inputs ``node`` may write over: any of an elementwise op's, the listed ones of others."""
+    """The inputs ``node`` may write over: any of an elementwise op's, the listed ones of others, a
+    loop's lockstep inputs (:func:`~memplan.ir.regions.lockstep_inputs`)."""
+    if node.op == LOOP:
+        return list(dict.fromkeys(node.args[i] for i in lockstep_inputs(node)))
     listed = lookup(node.op, node=node.name).inplace_args
     if listed:
         return [node.args[i] for i in listed if isinstance(node.args[i], Value)]
@@ -73,6 +79,9 @@ def reads_overwritten(node: Node, reused: str, roots: dict[str, str]) -> str | N
     ``conv(h) + h`` written into ``h`` would convolve the partially overwritten ``h``.
     """
     r = roots[reused]
+    if node.op == LOOP:  # it may read the storage only as that one lockstep input
+        hits = [v.name for v in node.inputs if roots[v.name] == r]
+        return next((name for name in hits if name != reused), None) or (hits[1] if len(hits) > 1 else None)
     if lookup(node.op, node=node.name).inplace_args:
         allowed = set(lookup(node.op, node=node.name).inplace_args)
         hits = []

@@ -115,12 +115,12 @@ def _viewable(x, strides, shape) -> bool:
 def slotted_scratch(graph: Graph, options: dict) -> tuple[dict[str, int], dict[str, str]]:
     """Measured scratch of each node with its results in slots wherever the PyTorch kernels can write
     into given buffers, and those allocation kinds."""
-    from memplan.analysis.planning import SLOT, storage_kinds
+    from memplan.analysis.planning import OWN, SLOT, storage_kinds
     from memplan.backends.pytorch import PyTorchBackend
 
     backend = PyTorchBackend()
     kinds = storage_kinds(graph, backend.writes_into)
-    return backend.scratch(graph, {v for v, k in kinds.items() if k == SLOT}, options), kinds
+    return backend.scratch(graph, {v for v, k in kinds.items() if k in (SLOT, OWN)}, options), kinds
 
 
 def planned_peak(graph: Graph, options: dict) -> int:

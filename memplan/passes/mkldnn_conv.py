@@ -63,9 +63,20 @@ def _eligible(node: Node, graph: Graph) -> bool:
     x, w, _b, _stride, _padding, dilation, transposed, out_pad, _groups = node.args[:9]
     if transposed or any(out_pad) or x.type.rank != 4 or not x.type.is_static:
         return False
-    if x.type.dtype != "f32" or w.kind != PARAM or w.name not in graph.weights:
+    if x.type.dtype != "f32" or w.type.dtype != "f32" or w.kind != PARAM or w.name not in graph.weights:
         return False
     return all(isinstance(d, int) for d in dilation)
+
+
+def _liftable(node: Node, graph: Graph) -> bool:
+    """A 1-D convolution :func:`_lift_1d` can run as a 2-D oneDNN one."""
+    if node.op != CONV or len(node.args) < 9 or node.kwargs:
+        return False
+    x, w, _b, stride, padding, dilation, transposed, out_pad, _groups = node.args[:9]
+    return not (transposed or any(out_pad) or x.type.rank != 3 or not x.type.is_static or x.type.dtype != "f32"
+                or w.type.dtype != "f32" or w.kind != PARAM or w.name not in graph.weights or len(stride) != 1
+                or len(padding) != 1 or len(dilation) != 1
+                or not all(isinstance(d, int) for d in (*stride, *padding, *dilation)))
 
 
 def _lift_1d(graph: Graph) -> int:
@@ -78,13 +89,9 @@ def _lift_1d(graph: Graph) -> int:
     lifted: dict[str, Value] = {}
     count = 0
     for node in list(graph.nodes):
-        if node.op != CONV or len(node.args) < 9 or node.kwargs:
+        if not _liftable(node, graph):
             continue
         x, w, b, stride, padding, dilation, transposed, out_pad, groups = node.args[:9]
-        if (transposed or any(out_pad) or x.type.rank != 3 or not x.type.is_static or x.type.dtype != "f32"
-                or w.kind != PARAM or w.name not in graph.weights or len(stride) != 1 or len(padding) != 1
-                or len(dilation) != 1 or not all(isinstance(d, int) for d in (*stride, *padding, *dilation))):
-            continue
         y = node.outputs[0]
         if w.name not in lifted:
             o, i, k = w.type.shape
@@ -133,11 +140,13 @@ def rewrite_convolutions(graph: Graph) -> tuple[int, int, int]:
     """Rewrite eligible convolutions in place; return (convolutions, relus fused, adds fused)."""
     if any(n.op.startswith("aten.as_strided") for n in graph.nodes):
         return 0, 0, 0  # raw-stride views would read a changed layout wrongly
+    if not any(_eligible(n, graph) or _liftable(n, graph) for n in graph.nodes):
+        return 0, 0, 0
+    before = eager_strides(graph)  # the layouts eager gives (graph outputs are returned in them)
     _lift_1d(graph)
     targets = [n for n in graph.nodes if _eligible(n, graph)]
     if not targets:
         return 0, 0, 0
-    before = eager_strides(graph)
     users = graph.users()
     outputs = {v.name for v in graph.outputs}
     absorbed: dict[str, Node] = {}  # add/relu node name -> the convolution that absorbs it

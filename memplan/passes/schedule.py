@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.analysis.liveness import liveness
-from memplan.analysis.planning import SLOT, budget_error, liveness_stats, schedule_problem, storage_kinds
+from memplan.analysis.planning import OWN, SLOT, budget_error, liveness_stats, schedule_problem, storage_kinds
 from memplan.passes.capacity import check_capacity
 from memplan.passes.registry import register_pass
 from memplan.solvers.scheduling import solve_schedule
@@ -40,7 +40,10 @@ def planned_scratch(graph, ctx) -> dict[str, int]:
     cached = ctx.records.get("_scratch")
     if cached is not None and cached[0] == key:
         return cached[1]
-    temps = ctx.get_backend().scratch(graph, {v for v, k in kinds.items() if k == SLOT}, ctx.options, ctx.log)
+    # every value written into a buffer it is given (a slot, or a graph output's own buffer) is measured
+    # in the out= form the backend emits for it
+    temps = ctx.get_backend().scratch(graph, {v for v, k in kinds.items() if k in (SLOT, OWN)}, ctx.options,
+                                      ctx.log)
     ctx.records["_scratch"] = (key, temps)
     return temps
 

@@ -1,0 +1,375 @@
+"""Pass ``fuse``: chains of elementwise ops become one tiled loop, so their intermediates never take full size.
+
+``gelu`` as GPT-2 writes it is eight elementwise ops over a ``[128, 1024]``
+activation; run one by one, each result is a full-size buffer, and two or three
+of them are live at once. TorchInductor fuses such chains into one kernel. On
+the PyTorch backend memplan does it as a region: the chain becomes a
+``memplan.loop`` over row tiles of the iteration space, whose body runs the
+same ops on one tile (a few KiB), writes the tile's results into the output
+buffers, and moves on. Only the group's boundary values are full size; when
+the loop's one output may overwrite an input that dies with it (the
+``inplace`` pass decides), not even those.
+
+Legality (TVM's lattice, its lowest rung): members are elementwise or
+broadcast ops (not views, copies or random ops), with static shapes, whose
+outputs all have the group's iteration shape; a member joins the group of the
+producer it reads when none of its other inputs depends on the group (no cycle
+through the rest of the graph). Each boundary input is sliced along the tile
+dimension where it spans it, read whole where it broadcasts over it. Every
+candidate left out, and why, is in the pass log (``memplan lower
+--explain-fusion`` prints it; ``cm.plan.why_not_fused(node)`` answers per node).
+
+Choice: option ``fusion``: ``auto`` (default) keeps the fused graph only when
+its planned peak, scheduled and allocated as the rest of the pipeline would
+(heuristic orders on both sides, for time), is below the unfused graph's:
+fusion never raises the planned peak, and where it does not lower it the
+graph stays as it was (a loop over tiles costs Python calls per trip); ``on``
+keeps it always, ``off`` skips the pass. ``fusion_tile_bytes`` bounds one
+tile of one value (default 64 KiB).
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Literal
+
+from memplan.ir.graph import Graph, Node, Value, iter_values
+from memplan.ir.ops import OpKind, lookup
+from memplan.ir.regions import LOOP
+from memplan.ir.types import TensorType
+from memplan.ir.types import itemsize as _itemsize
+from memplan.passes.registry import register_pass
+
+_KINDS = (OpKind.ELEMENTWISE, OpKind.BROADCAST)
+_COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy", "contiguous"}
+_RANDOM = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "poisson", "exponential")
+TILE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FuseOptions:
+    """Options of ``fuse``."""
+
+    fusion: Literal["auto", "on", "off"] = "auto"  # auto: only where the planned peak does not rise
+    fusion_tile_bytes: int = TILE_BYTES  # the most bytes one tile of one value may take
+
+
+@dataclass
+class Group:
+    shape: tuple[int, ...]
+    members: list[Node]
+
+
+def _pointwise(node: Node) -> str | None:
+    """Why ``node`` cannot be a member (None: it can)."""
+    if node.subgraph is not None or len(node.outputs) != 1 or node.reuses is not None:
+        return "not a single-output plain op"
+    opdef = lookup(node.op, node=node.name)
+    short = node.op.split(".")[1] if node.op.startswith("aten.") else node.op
+    if opdef.kind not in _KINDS:
+        return f"{opdef.kind.value} op (only elementwise and broadcast ops fuse)"
+    if opdef.view or short in _COPIES:
+        return "a view or a copy"
+    if any(word in short for word in _RANDOM):
+        return "a random op"
+    if not node.outputs[0].type.is_static or not all(v.type.is_static for v in node.inputs):
+        return "symbolic shapes"
+    return None
+
+
+def find_groups(graph: Graph, explain: dict[str, str] | None = None) -> list[Group]:
+    """Groups of two or more pointwise nodes, in graph order, that can run as one loop."""
+    explain = {} if explain is None else explain
+    producer = {v.name: n for n in graph.nodes for v in n.outputs}
+    group_of: dict[str, int] = {}
+    groups: list[Group] = []
+    deps: dict[str, frozenset[int]] = {}
+    ext_deps: dict[int, frozenset[int]] = {}  # per group: the groups its outside inputs depend on
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    empty: frozenset[int] = frozenset()
+    for node in graph.nodes:
+        inputs = list(dict.fromkeys(node.inputs))
+        depends = empty.union(*(deps.get(v.name, empty) for v in inputs))
+        why = _pointwise(node)
+        if why is not None:
+            explain.setdefault(node.name, why)
+            for v in node.outputs:
+                deps[v.name] = depends
+            continue
+        shape = tuple(int(d) for d in node.outputs[0].type.shape)
+        # the groups of the same shape it reads from: it joins them all (merging them) unless a value
+        # it reads from outside them, or one of them reads from outside, depends on another of them
+        joined: list[int] = []
+        for v in inputs:
+            p = producer.get(v.name)
+            g = group_of.get(p.name) if p is not None else None
+            if g is not None and groups[g].shape == shape and g not in joined:
+                joined.append(g)
+        while joined:
+            members = {m.name for g in joined for m in groups[g].members}
+            outside = empty.union(*(deps.get(w.name, empty) for w in inputs
+                                    if producer.get(w.name) is None or producer[w.name].name not in members),
+                                  *(ext_deps[g] for g in joined))
+            clash = [g for g in joined if g in outside]
+            if not clash:
+                break
+            explain.setdefault(node.name, f"it reads a value computed from group {clash[-1]} outside it (a cycle)")
+            joined.remove(clash[-1])
+        if joined:
+            chosen = joined[0]
+            for g in joined[1:]:  # merge into the first (members stay in graph order)
+                groups[chosen].members = sorted(groups[chosen].members + groups[g].members, key=lambda m: position[m.name])
+                groups[g].members = []
+                ext_deps[chosen] |= ext_deps[g]
+                for m in groups[chosen].members:
+                    group_of[m.name] = chosen
+                for name, ds in deps.items():
+                    if g in ds:
+                        deps[name] = (ds - {g}) | {chosen}
+                ext_deps = {k: ((ds - {g}) | {chosen}) if g in ds else ds for k, ds in ext_deps.items()}
+        else:
+            chosen = len(groups)
+            groups.append(Group(shape, []))
+            ext_deps[chosen] = empty
+        members = {m.name for m in groups[chosen].members}
+        ext_deps[chosen] = ext_deps[chosen].union(*(deps.get(w.name, empty) for w in inputs
+                                                    if producer.get(w.name) is None
+                                                    or producer[w.name].name not in members))
+        groups[chosen].members.append(node)
+        group_of[node.name] = chosen
+        deps[node.outputs[0].name] = deps.get(node.outputs[0].name, empty) | depends | {chosen}
+    kept = []
+    for g in groups:
+        if not g.members:
+            continue  # merged into another
+        if len(g.members) < 2:
+            explain.setdefault(g.members[0].name, "no pointwise neighbour of the same shape to fuse with")
+        else:
+            kept.append(g)
+    return kept
+
+
+def _boundary(graph: Graph, group: Group) -> tuple[list[Value], list[Value]]:
+    """(values the group reads from outside, in first-use order; member results read outside it)."""
+    made = {v.name for m in group.members for v in m.outputs}
+    inside = {m.name for m in group.members}
+    inputs = list(dict.fromkeys(v for m in group.members for v in m.inputs if v.name not in made))
+    read_outside = {v.name for n in graph.nodes if n.name not in inside for v in n.inputs}
+    read_outside |= {v.name for v in graph.outputs}
+    outputs = [m.outputs[0] for m in group.members if m.outputs[0].name in read_outside]
+    return inputs, outputs
+
+
+def _tiling(group: Group, inputs: list[Value], tile_bytes: int):
+    """(tile dim, rows per trip, per input: the dim it is sliced on or None) or None if no dim tiles."""
+    shape = group.shape
+    rank = len(shape)
+    itemsize = max(_itemsize(m.outputs[0].type.dtype) for m in group.members)
+    for d, extent in enumerate(shape):
+        if extent <= 1:
+            continue
+        dims = []
+        for v in inputs:
+            k = v.type.rank - rank + d  # broadcasting aligns trailing dims
+            size = int(v.type.shape[k]) if k >= 0 else 1
+            if size == extent:
+                dims.append(k)
+            elif size == 1:
+                dims.append(None)
+            else:
+                break
+        else:
+            if all(k is None for k in dims):
+                continue  # nothing to slice along this dim
+            row = itemsize
+            for e in shape[d + 1:]:
+                row *= e
+            rows = max(1, min(extent, tile_bytes // max(row, 1)))
+            while extent % rows:
+                rows -= 1
+            if rows == extent:
+                return None  # one trip: nothing is smaller than before
+            return d, rows, dims
+    return None
+
+
+def fuse_group(graph: Graph, group: Group, tile_bytes: int) -> Node | None:
+    """Rewrite ``group`` into a ``memplan.loop`` placed where its first member was; return it (None
+    where no dimension tiles it)."""
+    inputs, outputs = _boundary(graph, group)
+    tiling = _tiling(group, inputs, tile_bytes)
+    if tiling is None or not outputs:
+        return None
+    d, rows, dims = tiling
+    trips = group.shape[d] // rows
+    body = Graph(f"{group.members[0].name}_body")
+    env: dict[str, Value] = {}
+    slicings = []
+    for v, k in zip(inputs, dims):
+        shape = list(v.type.shape)
+        if k is None:
+            slicings.append(["full"])
+        else:
+            shape[k] = rows
+            slicings.append(["slice", k, rows, rows])
+        env[v.name] = body.add_input(v.name, TensorType(v.type.dtype, tuple(shape)))
+    tile_shape = list(group.shape)
+    tile_shape[d] = rows
+    from memplan.ir.graph import map_values
+    for m in group.members:
+        out = m.outputs[0]
+        (env[out.name],) = body.add_node(m.op, map_values(m.args, lambda v: env[v.name]),
+                                         map_values(m.kwargs, lambda v: env[v.name]),
+                                         [TensorType(out.type.dtype, tuple(tile_shape))], name=m.name,
+                                         out_names=[out.name], source=m.source, source_op=m.source_op)
+    body.outputs = [env[v.name] for v in outputs]
+    first = group.members[0]
+    results = graph.add_node(LOOP, tuple(inputs),
+                             {"trips": trips, "inputs": slicings, "outputs": [["concat", d] for _ in outputs]},
+                             [v.type for v in outputs], name=f"fused_{first.name}",
+                             out_names=[f"{v.name}_fused" for v in outputs], subgraph=body, before=first,
+                             source=first.source, source_op=" + ".join(m.source_op or _short(m.op) for m in group.members))
+    loop = results[0].producer
+    for old, new in zip(outputs, results):
+        graph.replace_all_uses(old, new, keep=None)
+    graph.erase_nodes(group.members)
+    return loop
+
+
+def _short(op: str) -> str:
+    parts = op.split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == "aten" else op
+
+
+def _topological(graph: Graph) -> None:
+    """Reorder ``graph`` into a topological order that keeps the current order wherever it can (a
+    loop placed at its first member runs before readers that used to sit among its members)."""
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    producer = {v.name: n for n in graph.nodes for v in n.outputs}
+    waiting = {n.name: len({producer[v.name].name for v in n.inputs if v.name in producer}) for n in graph.nodes}
+    readers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for p in {producer[v.name].name for v in n.inputs if v.name in producer}:
+            readers.setdefault(p, []).append(n)
+    ready = [(index[n.name], n.name, n) for n in graph.nodes if waiting[n.name] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, _, n = heapq.heappop(ready)
+        order.append(n)
+        for r in readers.get(n.name, []):
+            waiting[r.name] -= 1
+            if waiting[r.name] == 0:
+                heapq.heappush(ready, (index[r.name], r.name, r))
+    graph.reorder(order)
+
+
+def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, str] | None = None) -> list[Node]:
+    """Fuse every group :func:`find_groups` finds; return the loop nodes made."""
+    from memplan.analysis.strides import contiguous_strides, eager_strides, same_layout
+
+    groups = find_groups(graph, explain)
+    strides = eager_strides(graph) if groups else {}
+    loops = []
+    for group in groups:
+        _, outputs = _boundary(graph, group)
+        odd = [v for v in outputs if not same_layout(v.type.shape, strides.get(v.name),
+                                                     contiguous_strides(v.type.shape))]
+        if odd:  # a loop writes dense row-major buffers; a later view may rely on eager's layout
+            if explain is not None:
+                for m in group.members:
+                    explain.setdefault(m.name, f"its group's result %{odd[0].name} is not laid out row-major "
+                                               "in eager (a loop writes row-major buffers)")
+            continue
+        loop = fuse_group(graph, group, tile_bytes)
+        if loop is None:
+            if explain is not None:
+                for m in group.members:
+                    explain.setdefault(m.name, "no dimension tiles its group into two or more trips")
+            continue
+        loops.append(loop)
+    if loops:
+        _topological(graph)
+    return loops
+
+
+@register_pass("fuse", options=FuseOptions, produces=("regions",))
+def fuse(graph, ctx):
+    """Elementwise chains become row-tiled ``memplan.loop`` regions (never raising the planned peak in
+    ``auto`` mode)."""
+    mode = ctx.options.get("fusion", "auto")
+    if mode == "off":
+        return graph
+    tile_bytes = int(ctx.options.get("fusion_tile_bytes", TILE_BYTES))
+    explain: dict[str, str] = {}
+    if mode == "on":
+        loops = fuse_graph(graph, tile_bytes, explain)
+        _record(ctx, graph, loops, explain, None)
+        return graph
+    trial = graph.copy()
+    loops = fuse_graph(trial, tile_bytes, explain)
+    if not loops:
+        _record(ctx, graph, [], explain, None)
+        return graph
+    # the unfused graph first: where no order of it fits the target, its early check refuses it before
+    # anything is measured, and the pipeline reports that as it would without this pass
+    plain_peak = _planned_peak(graph, ctx)
+    fused_peak = _planned_peak(trial, ctx) if plain_peak is not None else None
+    if fused_peak is not None and plain_peak is not None and fused_peak < plain_peak:
+        _adopt(graph, trial)
+        _record(ctx, graph, loops, explain, (fused_peak, plain_peak))
+    else:
+        for loop in loops:
+            for m in loop.subgraph.nodes:
+                explain.setdefault(m.name, "fused, the planned peak would not fall "
+                                           f"({_fmt(fused_peak)} against {_fmt(plain_peak)} unfused)")
+        _record(ctx, graph, [], explain, (fused_peak, plain_peak), rejected=loops)
+    return graph
+
+
+def _fmt(n) -> str:
+    from memplan.units import format_bytes
+    return "unknown" if n is None else format_bytes(n)
+
+
+def _planned_peak(graph: Graph, ctx) -> int | None:
+    """The planned peak of ``graph`` (a copy is planned: ``graph`` is not changed) through the rest of
+    the default pipeline after this pass, or None where planning fails."""
+    from memplan.errors import MemplanError
+    from memplan.passes.registry import PASSES, PassContext
+
+    trial = graph.copy()
+    # both sides are planned alike, by the heuristic orders and a short allocation: the comparison is
+    # what matters here, the pipeline plans the winner in full afterwards
+    options = dict(ctx.options, schedule_method="heuristic", joint=False,
+                   allocate_time_limit=min(1.0, float(ctx.options.get("allocate_time_limit", 5.0))))
+    sub = PassContext(target=ctx.target, memory_budget=None, options=options, backend=ctx.backend)
+    try:
+        for name in ("inplace", "schedule", "allocate"):
+            trial = PASSES[name].fn(trial, sub) or trial
+    except MemplanError:
+        return None
+    from memplan.analysis.check import verify_plan
+    return verify_plan(trial, ctx.target).planned_peak_bytes
+
+
+def _adopt(graph: Graph, other: Graph) -> None:
+    """Make ``graph`` hold ``other``'s nodes and params (``other`` is a planned copy of it)."""
+    graph.__dict__.update(other.__dict__)
+
+
+def _record(ctx, graph: Graph, loops: list[Node], explain: dict[str, str], peaks, rejected=()) -> None:
+    records = ctx.records.setdefault("fusion", {})
+    records["why_not_fused"] = dict(explain)
+    records["groups"] = [{"loop": n.name, "members": [m.name for m in n.subgraph.nodes],
+                          "trips": n.kwargs["trips"]} for n in loops]
+    if rejected:
+        count = sum(len(n.subgraph.nodes) for n in rejected)
+        line = (f"fuse: {len(rejected)} groups of {count} elementwise nodes left unfused: the planned peak would "
+                f"not fall ({_fmt(peaks[0])} fused, {_fmt(peaks[1])} unfused)")
+    else:
+        fused = sum(len(n.subgraph.nodes) for n in loops)
+        line = f"fuse: {len(loops)} groups of {fused} elementwise nodes run as tiled loops"
+        if peaks is not None:
+            line += f" (planned peak {_fmt(peaks[0])} fused, {_fmt(peaks[1])} unfused)"
+    ctx.log.append(line)
