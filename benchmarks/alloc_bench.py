@@ -16,15 +16,33 @@ Instances (all generated here, seeded, so every run sees the same ones):
   The pieces tile the rectangle, so the optimum equals the lower bound H
   by construction, and every section of time is full: the hard case of
   MEASURING.md.
+- ``minimalloc:A`` .. ``minimalloc:K``: MiniMalloc's public "challenging"
+  instances (google/minimalloc, vendored in ``benchmarks/data/minimalloc/``
+  with their license). Besides the height each allocator reaches, the
+  column ``memplan fit 1 MiB`` runs memplan in feasibility mode at their
+  capacity, 1 MiB, as MiniMalloc's own benchmark does.
+- ``omni:<source>:<count>``: omnimalloc's own benchmark sources
+  (``omnimalloc.benchmark.sources``, none that downloads), built as its harness
+  builds them (default parameters, seed 42, ``get_variant(count)``). They get a
+  table of their own: memplan ``solve_allocation(method="auto")`` against every
+  allocator in omnimalloc's registry (searches at the same time limit) and the
+  best of them. Its vector-clock sources (concurrent threads) are listed but not
+  run where they are no interval order, which a memplan buffer cannot express.
+
+``--only omni`` / ``--only minimalloc`` / ``--only omni:pinwheel,zoo`` picks rows
+(comma-separated substrings of their names; the torch-captured ``zoo`` rows are
+only built when selected).
 
 Each allocator gets the same time limit; heights are checked with
 ``validate`` (an invalid packing is reported, not counted). omnimalloc's
 ``supermalloc`` (its C++ MiniMalloc-style search) uses both cores; memplan's
-search is single-threaded Python.
+exact search is MiniMalloc's algorithm compiled from C++
+(``memplan/solvers/native/minimalloc.cpp``), single-threaded.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import random
 import sys
 import time
@@ -35,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memplan.solvers.allocation import Buffer, interval_lower_bound, solve_allocation, validate  # noqa: E402
 
 KiB = 1024
+MINIMALLOC_DATA = Path(__file__).resolve().parent / "data" / "minimalloc"
+MINIMALLOC_CAPACITY = 1 << 20
 
 
 # ----------------------------------------------------------------------------- instances
@@ -221,13 +241,86 @@ def instances(quick: bool, with_zoo: bool = True) -> dict[str, list[Buffer]]:
     if quick:
         for key in ("model:long-skips-2k", "random:1000", "tiling:450"):
             out.pop(key)
+    out |= minimalloc_instances()
     return out
+
+
+def minimalloc_instances() -> dict[str, list[Buffer]]:
+    """MiniMalloc's challenging set A..K (capacity 1 MiB each), if vendored here."""
+    from memplan.solvers.alloc_csv import read_buffers_csv
+    return {f"minimalloc:{path.name.split('.')[0]}": read_buffers_csv(path)
+            for path in sorted(MINIMALLOC_DATA.glob("*.1048576.csv"))}
+
+
+# ----------------------------------------------------------------------------- omnimalloc's own sources
+
+OMNI_SEED = 42       # omnimalloc's DEFAULT_SEED: its sources' default, so these are its default instances
+OMNI_SCALAR_SOURCES = (
+    # (row label, source class, constructor arguments, variants = allocation counts)
+    # the first count is the source's default, further ones what omnimalloc's README
+    # figures use (random 250, tiling 100, pinwheel 101) or a larger instance
+    ("random", "RandomSource", {}, (100, 250, 1000)),
+    ("uniform", "UniformSource", {}, (100, 1000)),
+    ("power_of2", "PowerOf2Source", {}, (100, 1000)),
+    ("sequential", "SequentialSource", {}, (100, 1000)),
+    ("high_contention", "HighContentionSource", {}, (100, 300)),
+    *((f"skewed[{d}]", "SkewedSource", {"distribution": d}, (128, 512))
+      for d in ("uniform", "log_uniform", "zipf", "bimodal", "dominant")),
+    ("tiling", "TilingSource", {}, (128, 100, 500)),
+    ("pinwheel", "PinwheelSource", {}, (129, 101, 401)),
+)
+OMNI_VECTOR_SOURCES = (
+    # vector-clock lifetimes (concurrent threads): a memplan Buffer is one interval, so these are
+    # expressible only where omnimalloc's try_linearize finds intervals with the same conflicts
+    ("two_plus_two", "TwoPlusTwoSource", {}, (128,)),
+    *((f"concurrent_tiling[num_syncs={k}]", "ConcurrentTilingSource", {"num_syncs": k}, (128,))
+      for k in (0, 16, 64)),
+    *((f"sync_pattern[{p}]", "SyncPatternSource", {"pattern": p}, (128,))
+      for p in ("independent", "pairs", "ring", "barrier", "fork_join", "dense")),
+)
+
+
+def omnimalloc_source_instances(quick: bool = False, vector: bool = True) -> dict[str, list[Buffer] | str]:
+    """Instances of omnimalloc's own benchmark sources (``omnimalloc.benchmark.sources``).
+
+    Each is built as omnimalloc's harness builds it (``source.get_variant(count)``,
+    the source's default parameters and seed). omnimalloc's lifetimes are half-open
+    ``[start, end)`` like memplan's, so an allocation maps to ``Buffer(id, start, end, size)``
+    unchanged; its pools declare no alignment (1 byte). A vector-clock instance is
+    converted through ``try_linearize`` (scalar lifetimes with the identical conflict
+    relation); where none exists the row holds the reason (a string) instead of buffers.
+    Empty if omnimalloc is not installed; no source that downloads is used.
+    """
+    try:
+        from omnimalloc.analysis import try_linearize
+        from omnimalloc.benchmark import sources
+    except ImportError:
+        return {}
+    out: dict[str, list[Buffer] | str] = {}
+    for label, cls, kwargs, variants in OMNI_SCALAR_SOURCES + (OMNI_VECTOR_SOURCES if vector else ()):
+        source = getattr(sources, cls)(seed=OMNI_SEED, **kwargs)
+        for count in variants[:1] if quick else variants:
+            allocations = source.get_variant(count).allocations
+            if any(a.dim != 1 for a in allocations):
+                linear = try_linearize(allocations)
+                if linear is None:
+                    out[f"omni:{label}:{count}"] = "vector-clock lifetimes that are not an interval order"
+                    continue
+                allocations = linear
+            out[f"omni:{label}:{count}"] = omnimalloc_to_buffers(allocations)
+    return out
+
+
+def omnimalloc_to_buffers(allocations) -> list[Buffer]:
+    """omnimalloc allocations (scalar ``[start, end)``) as memplan buffers, in order."""
+    return [Buffer(str(a.id), int(a.start), int(a.end), int(a.size)) for a in allocations]
 
 
 # ----------------------------------------------------------------------------- allocators
 
-def run_memplan(buffers: list[Buffer], method: str, time_limit: float) -> tuple[int, float, str]:
-    result = solve_allocation(buffers, time_limit=time_limit, method=method)
+def run_memplan(buffers: list[Buffer], method: str, time_limit: float,
+                capacity: int | None = None) -> tuple[int, float, str]:
+    result = solve_allocation(buffers, capacity=capacity, time_limit=time_limit, method=method)
     validate(buffers, result.offsets)
     return result.height, result.wall_s, result.status
 
@@ -244,6 +337,29 @@ def omnimalloc_peers(time_limit: float) -> dict[str, object]:
         "telamalloc": om.TelamallocAllocator(timeout=time_limit),
         "supermalloc": om.SupermallocAllocator(timeout=time_limit),
     }
+
+
+def omnimalloc_all_peers(time_limit: float) -> tuple[dict[str, object], dict[str, str]]:
+    """Every allocator in omnimalloc's registry, searches given ``time_limit``; and those left out, why.
+
+    ``naive`` (no reuse) and ``random`` (random orders) are baselines, not contenders,
+    and are left out; an allocator whose optional library is missing is reported.
+    """
+    try:
+        from omnimalloc.allocators import BaseAllocator, available_allocators
+    except ImportError:
+        return {}, {}
+    peers, skipped = {}, {}
+    for name in available_allocators():
+        if name in ("naive", "random"):
+            continue
+        cls = BaseAllocator.get(name)
+        kwargs = {"timeout": time_limit} if "timeout" in inspect.signature(cls.__init__).parameters else {}
+        try:
+            peers[name] = cls(**kwargs)
+        except ImportError as exc:
+            skipped[name] = str(exc).splitlines()[0]
+    return peers, skipped
 
 
 def run_omnimalloc(allocator, buffers: list[Buffer]) -> tuple[int | None, float, str]:
@@ -272,15 +388,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per allocator per instance")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller instances")
     parser.add_argument("--no-zoo", action="store_true", help="skip the torch-captured model graphs")
-    parser.add_argument("--only", default=None, help="substring filter on instance names")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated substrings of instance names (a row runs if it contains one); "
+                             "groups: zoo, model, random, tiling, sweep-tiling, minimalloc, omni "
+                             "(e.g. --only omni, --only minimalloc, --only omni:tiling,omni:pinwheel)")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the table as markdown")
     args = parser.parse_args(argv)
+    tokens = [t for t in args.only.split(",") if t] if args.only else None
 
+    def wanted(name: str) -> bool:
+        return tokens is None or any(t in name for t in tokens)
+
+    with_zoo = not args.no_zoo and (tokens is None or any(t in "zoo:" or "zoo" in t for t in tokens))
     peers = omnimalloc_peers(args.time_limit)
-    columns = ["memplan greedy", "memplan search"] + [f"omni {name}" for name in peers]
+    columns = ["memplan greedy", "memplan search", "memplan fit 1 MiB"] + [f"omni {name}" for name in peers]
     rows = []
-    for name, buffers in instances(args.quick, with_zoo=not args.no_zoo).items():
-        if args.only and args.only not in name:
+    for name, buffers in instances(args.quick, with_zoo=with_zoo).items():
+        if not wanted(name):
             continue
         bound = interval_lower_bound(buffers)
         cells = {}
@@ -288,12 +412,21 @@ def main(argv: list[str] | None = None) -> int:
         cells["memplan greedy"] = (height, wall, "")
         height, wall, status = run_memplan(buffers, "search", args.time_limit)
         cells["memplan search"] = (height, wall, status)
+        if name.startswith("minimalloc:"):
+            height, wall, status = run_memplan(buffers, "auto", args.time_limit, capacity=MINIMALLOC_CAPACITY)
+            cells["memplan fit 1 MiB"] = (height, wall, "fits" if height <= MINIMALLOC_CAPACITY else "does not fit")
+        else:
+            cells["memplan fit 1 MiB"] = (None, 0.0, "-")
         for peer_name, allocator in peers.items():
             cells[f"omni {peer_name}"] = run_omnimalloc(allocator, buffers)
         rows.append((name, len(buffers), bound, cells))
         print(_row_text(rows[-1], columns), flush=True)
 
-    table = _markdown(rows, columns, args.time_limit)
+    tables = [_markdown(rows, columns, args.time_limit)] if rows else []
+    omni_rows = run_omnimalloc_sources(args.time_limit, args.quick, wanted)
+    if omni_rows:
+        tables.append(_omni_markdown(omni_rows, args.time_limit))
+    table = "\n\n".join(tables)
     print()
     print(table)
     if args.markdown:
@@ -302,11 +435,73 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_omnimalloc_sources(time_limit: float, quick: bool, wanted) -> list[dict]:
+    """memplan (``method="auto"``) against every omnimalloc allocator on omnimalloc's own sources."""
+    instances_ = {name: b for name, b in omnimalloc_source_instances(quick).items() if wanted(name)}
+    if not instances_:
+        return []
+    peers, skipped = omnimalloc_all_peers(time_limit)
+    if skipped:
+        print("omnimalloc allocators not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
+    rows = []
+    for name, buffers in instances_.items():
+        if isinstance(buffers, str):
+            rows.append({"name": name, "n": None, "reason": buffers})
+            print(f"{name:40s} not run: {buffers}", flush=True)
+            continue
+        bound = interval_lower_bound(buffers)
+        height, wall, status = run_memplan(buffers, "auto", time_limit)     # validates
+        peer_cells = {peer: run_omnimalloc(allocator, buffers) for peer, allocator in peers.items()}
+        ok = {peer: cell for peer, cell in peer_cells.items() if cell[0] is not None}
+        best = min(ok, key=lambda p: (ok[p][0], ok[p][1])) if ok else None
+        row = {"name": name, "n": len(buffers), "bound": bound, "memplan": (height, wall, status),
+               "peers": peer_cells, "best": best}
+        rows.append(row)
+        best_text = f"{ok[best][0]} {best} ({ok[best][1]:.2f}s)" if best else "-"
+        print(f"{name:40s} n={len(buffers):5d} lb={bound:>10d} memplan {height} ({wall:.2f}s {status}) "
+              f"best omni {best_text} -> {_verdict(height, ok[best][0] if best else None)}", flush=True)
+    return rows
+
+
+def _verdict(ours: int, best_omni: int | None) -> str:
+    if best_omni is None:
+        return "-"
+    return "lower" if ours < best_omni else "equal" if ours == best_omni else "HIGHER"
+
+
+def _omni_markdown(rows: list[dict], time_limit: float) -> str:
+    """Summary (memplan vs the best omnimalloc allocator) and every allocator's height above the bound."""
+    lines = [f"omnimalloc's own benchmark sources (seed {OMNI_SEED}): memplan `solve_allocation(method=\"auto\")` "
+             f"against the best of every omnimalloc allocator, {time_limit:g} s each; every packing validated.",
+             "", "| instance | buffers | lower bound | memplan height | memplan time | best omnimalloc height | "
+             "best omnimalloc allocator (time) | memplan vs best |", "|---|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        if row["n"] is None:
+            lines.append(f"| {row['name']} | - | - | not expressible | - | - | - | {row['reason']} |")
+            continue
+        height, wall, status = row["memplan"]
+        best = row["best"]
+        best_h, best_wall = (row["peers"][best][0], row["peers"][best][1]) if best else (None, 0.0)
+        lines.append(f"| {row['name']} | {row['n']} | {row['bound']} | {height} | {wall:.2f} s ({status}) | "
+                     f"{'-' if best is None else best_h} | {best or '-'} ({best_wall:.2f} s) | "
+                     f"{_verdict(height, best_h)} |")
+    run = [row for row in rows if row["n"] is not None]
+    if run:
+        names = list(run[0]["peers"])
+        lines += ["", "Every omnimalloc allocator: height above the lower bound (wall seconds).", "",
+                  "| instance | memplan auto | " + " | ".join(names) + " |", "|---|" + "---:|" * (len(names) + 1)]
+        for row in run:
+            bound = row["bound"]
+            lines.append(f"| {row['name']} | {_cell(row['memplan'][0], bound, row['memplan'][1], row['memplan'][2])} | " + " | ".join(
+                _cell(row["peers"][p][0], bound, row["peers"][p][1], row["peers"][p][2]) for p in names) + " |")
+    return "\n".join(lines)
+
+
 def _cell(height: int | None, bound: int, wall: float, note: str) -> str:
     if height is None:
-        return f"{note} ({wall:.2f}s)"
+        return note if note == "-" else f"{note} ({wall:.2f}s)"
     over = 100.0 * (height - bound) / bound if bound else 0.0
-    return f"+{over:.2f}% ({wall:.2f}s)" + (f" {note}" if note in ("optimal",) else "")
+    return f"+{over:.2f}% ({wall:.2f}s)" + (f" {note}" if note in ("optimal", "fits", "does not fit") else "")
 
 
 def _row_text(row, columns) -> str:

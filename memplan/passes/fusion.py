@@ -223,6 +223,8 @@ def fuse_group(graph: Graph, group: Group, tile_bytes: int) -> Node | None:
                                          [TensorType(out.type.dtype, tuple(tile_shape))], name=m.name,
                                          out_names=[out.name], source=m.source, source_op=m.source_op)
     body.outputs = [env[v.name] for v in outputs]
+    from memplan.passes.inplace import mark_inplace
+    mark_inplace(body)  # within a trip too, each op writes over a tile that dies with it
     first = group.members[0]
     results = graph.add_node(LOOP, tuple(inputs),
                              {"trips": trips, "inputs": slicings, "outputs": [["concat", d] for _ in outputs]},

@@ -185,6 +185,10 @@ def orderings(instance: PackingInstance) -> dict[str, Callable[[], list[int]]]:
         "conflicts": degree_first,
         "start": by(lambda i: (lo[i], -size[i], i)),
         "end": by(lambda i: (-hi[i], -size[i], i)),
+        # the caller's own order: often the program's (topological) order, or the order the
+        # packing was built in; TFLite and omnimalloc ("greedy", "best_fit") place in it.
+        # Last, so that on a tie the sorted orders above keep the win.
+        "input": lambda: list(range(n)),
     }
 
 

@@ -301,6 +301,27 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
         return outcome
     descent = _Descent(instance, outcome, stop_at, fixed_capacity, seed, deadline)
     descent.run(start + SEARCH_FIRST * (deadline - start))
+    take_turns_with_repair(instance, descent, outcome, stop_at, start, deadline, seed, fixed_capacity)
+    descent.run(deadline)
+    outcome.improved = outcome.height < instance.height(incumbent)
+    return outcome
+
+
+def next_step(status: str, step: int, node_limit: int) -> tuple[int, int]:
+    """The descent's next (step below the best height, node limit) after a decision: a fit doubles the
+    step; a node limit halves it, and at a step of 1 doubles the node limit."""
+    if status == FOUND:
+        return step * 2, node_limit
+    if status == NODE_LIMIT:
+        step = max(step // 2, 1)
+        return step, node_limit * 2 if step == 1 else node_limit
+    return step, node_limit
+
+
+def take_turns_with_repair(instance: PackingInstance, descent, outcome, stop_at, start: float, deadline: float,
+                           seed: int, fixed_capacity: bool) -> None:
+    """The repair search probes for a turn; while it packs lower than the canonical search it gets
+    doubling turns, the search (``descent``, resumable) a slice in between; a failed probe ends it."""
     repair = RepairSearch(instance, seed)
     turn, repair_won = REPAIR_PROBE * (deadline - start), False
     while not descent.finished() and time.monotonic() < deadline:
@@ -313,9 +334,6 @@ def minimize_height(instance: PackingInstance, incumbent: list[int], lower_bound
         elif not repair_won:
             break                                # the probe failed: the repair cannot beat the search here
         descent.run(min(deadline, time.monotonic() + turn / 8))
-    descent.run(deadline)
-    outcome.improved = outcome.height < instance.height(incumbent)
-    return outcome
 
 
 class _Descent:
@@ -394,12 +412,7 @@ class _Descent:
                     break
                 target = max(outcome.proven_lower, outcome.height - self.step)
                 status = self._attempt(target, self.descent_limit, deadline, extra)
-                if status == FOUND:
-                    self.step *= 2
-                elif status == NODE_LIMIT:
-                    self.step = max(self.step // 2, 1)
-                    if self.step == 1:
-                        self.descent_limit *= 2
+                self.step, self.descent_limit = next_step(status, self.step, self.descent_limit)
 
     def _attempt(self, capacity: int, node_limit: int, deadline: float,
                  extra: dict[str, _CanonicalSearch] | None = None) -> str:

@@ -12,11 +12,17 @@ be below the *interval lower bound*: the most bytes live at one time.
    time-ordered best-fit sweep that needs no conflict lists), keeping the
    lowest packing (:mod:`memplan.solvers.alloc_greedy`);
 2. if that packing is above the bound, an exact search per independent
-   component of the conflict graph, warm-started from it: a MiniMalloc-style
-   branch and bound (:mod:`memplan.solvers.alloc_search`, ``method="search"``,
-   the default), which hands part of the time to a TelaMalloc-style repair
-   search (:mod:`memplan.solvers.alloc_repair`) where that packs lower, or
-   a CP-SAT model (:mod:`memplan.solvers.alloc_cpsat`).
+   component of the conflict graph, warm-started from it: MiniMalloc's
+   branch and bound (``method="search"``, the default), compiled from C++
+   (:mod:`memplan.solvers.alloc_native`; it decides a capacity, or lowers the
+   height by decisions from the bound up) where the kernel is available, else
+   its pure-Python form (:mod:`memplan.solvers.alloc_search`); either hands
+   part of the time to a TelaMalloc-style repair search
+   (:mod:`memplan.solvers.alloc_repair`) where that packs lower. Or a CP-SAT
+   model (:mod:`memplan.solvers.alloc_cpsat`). When minimising (no capacity)
+   and omnimalloc is installed, its compiled greedy portfolio and simulated
+   annealing first get a tenth of the time and may replace the warm start
+   (:mod:`memplan.solvers.alloc_omni`).
 
 Every stage honours the time limit and keeps memory near-linear in the
 number of buffers: the bound, the components, the validation and the sweep
@@ -45,6 +51,8 @@ from memplan.solvers.alloc_cpsat import cpsat_packing
 from memplan.solvers.alloc_greedy import greedy_portfolio
 from memplan.solvers.alloc_instance import (MAX_CONFLICT_EDGES, PackingInstance, SortedKeys, components,
                                              section_spans)
+from memplan.solvers.alloc_native import native_available, native_fits, native_minimize, native_status
+from memplan.solvers.alloc_omni import omnimalloc_packing
 from memplan.solvers.alloc_search import minimize_height, setup_seconds
 
 METHODS = ("auto", "greedy", "search", "cpsat")
@@ -52,6 +60,7 @@ MAX_VALUE = 2**62                # |lower|, |upper| and size of a buffer are bel
 MAX_EXACT_BUFFERS = 10_000       # larger components keep their heuristic packing
 MAX_CPSAT_BUFFERS = 2_000
 MAX_SECTION_SPANS = 4_000_000    # (buffer, section) pairs the exact search indexes
+OMNIMALLOC_SHARE = 0.1          # share of the time limit omnimalloc's heuristics get (when installed)
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,13 @@ def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, tim
     log.append(f"greedy {greedy.variant}: height {greedy.height} "
                f"(best of {len(greedy.tried)} variants, lower bound {bound})")
 
+    if exact and capacity is None and instance.height(offsets) > bound:
+        # omnimalloc's compiled heuristics, where installed, with a tenth of the time (alloc_omni)
+        member = omnimalloc_packing(instance, min(deadline, time.monotonic() + OMNIMALLOC_SHARE * time_limit),
+                                    seed, log)
+        if member is not None and instance.height(member[0]) < instance.height(offsets):
+            offsets, winner = list(member[0]), member[1]
+
     proven, improved = bound, False
     if capacity is not None and capacity < bound:
         log.append(f"capacity {capacity} is below the interval lower bound {bound}")
@@ -288,6 +304,9 @@ def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capa
     floors = [0] * len(groups)              # proven lower bound of each component
     skipped: set[int] = set()               # components too large for the exact phase
     proven, improved = bound, False
+    native = method != "cpsat" and native_available()
+    if method != "cpsat":
+        log.append(f"exact search: {native_status() if native else 'pure Python (' + native_status() + ')'}")
     while time.monotonic() < deadline:
         goal = max(bound, proven) if capacity is None else capacity
         open_ = [k for k in range(len(groups)) if heights[k] > max(goal, floors[k]) and k not in skipped]
@@ -309,7 +328,9 @@ def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capa
             group = sorted(group)             # the whole instance: its analyses carry over
         sub = instance.subset(group)
         why_not = exact_cost(sub, method)
-        if why_not is None and method != "cpsat" and time.monotonic() + 2 * setup_seconds(sub) > share_ends:
+        use_native = native and why_not is None and native_fits(sub) is None
+        if why_not is None and method != "cpsat" and not use_native \
+                and time.monotonic() + 2 * setup_seconds(sub) > share_ends:
             why_not = f"about {setup_seconds(sub):.1f} s to set up the search, more than the time left"
         if why_not is not None:
             log.append(f"exact phase skips a component of {len(group)} buffers: {why_not}; "
@@ -327,9 +348,10 @@ def _exact_phase(instance: PackingInstance, offsets: list[int], bound: int, capa
             new_offsets, new_height = (run.offsets, run.height) if found else (sub_offsets, heights[k])
             floors[k] = max(floors[k], run.bound if run.status != "optimal" else new_height)
         else:
-            run = minimize_height(sub, sub_offsets, floors[k], stop_at=stop_at, deadline=share_ends,
-                                  fixed_capacity=capacity is not None, seed=seed)
-            log.append(f"search on component of {len(group)} buffers: height {heights[k]} -> {run.height} "
+            minimize = native_minimize if use_native else minimize_height
+            run = minimize(sub, sub_offsets, floors[k], stop_at=stop_at, deadline=share_ends,
+                           fixed_capacity=capacity is not None, seed=seed)
+            log.append(f"{'native ' if use_native else ''}search on component of {len(group)} buffers: height {heights[k]} -> {run.height} "
                        f"(bound {run.proven_lower}, {run.nodes} nodes)")
             log.extend(f"  {line}" for line in run.log[-5:])
             new_offsets, new_height = run.offsets, run.height
