@@ -84,6 +84,8 @@ class Plan:
         """Why node ``node`` (its name in the graph before fusion) is not part of a fused region, or
         which region it runs in."""
         name = getattr(node, "name", node)
+        if name in self.fusion:
+            return f"it is a fused region of {len(self.fusion[name])} nodes: {', '.join(self.fusion[name])}"
         for region, members in self.fusion.items():
             if name in members:
                 return f"fused: it runs in region {region} with {len(members) - 1} other nodes"

@@ -51,6 +51,9 @@ def parse_bytes(value: int | str, *, what: str = "memory budget") -> int:
             f"{what}: cannot read {value!r} as bytes; write e.g. 1048576, '512KiB', '2GiB', '1.5GB' "
             f"(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
     number = Fraction(match.group(1)) * _UNITS[match.group(2).lower()]
+    if number.denominator != 1 and _UNITS[match.group(2).lower()] == 1:
+        # '1.5' or '1.5 B': a fraction of a byte is a mistake; '0.3 MiB' rounds down to whole bytes
+        raise BudgetFormatError(f"{what}: {value!r} is not a whole number of bytes")
     return _capped(int(number), what, value)
 
 

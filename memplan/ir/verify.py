@@ -50,6 +50,7 @@ def verify(graph: Graph, *, check_shapes: bool = True) -> None:
             _check_reuse(node, where)
         if node.subgraph is not None or node.op in REGION_OPS:
             check_region(node)
+            _check_fresh_results(node)
             verify(node.subgraph, check_shapes=check_shapes)
         elif check_shapes and all(v.type.is_static for v in node.inputs):
             try:
@@ -72,10 +73,12 @@ def _check_reuse(node, where: str) -> None:
     if reused is None:
         raise IRVerificationError(f"{where}: reuses %{node.reuses.name}, which it does not read")
     if node.op == LOOP:
-        if not any(node.args[i] is reused for i in lockstep_inputs(node)):
+        positions = [i for i, a in enumerate(node.args) if a is reused]
+        if len(positions) != 1 or positions[0] not in lockstep_inputs(node):
             raise IRVerificationError(f"{where}: a loop writes in place only over an input it reads in lockstep "
                                       "with its one output (sliced ['slice', d, s, s] along the dim the output "
-                                      "concatenates on, s its tile there, of the output's type)")
+                                      "concatenates on, s its tile there, of the output's type), and reads "
+                                      "nowhere else")
     elif len(node.outputs) != 1 or node.subgraph is not None or lookup(node.op).view:
         raise IRVerificationError(f"{where}: only a single-output, non-view op can write in place")
     if reused.kind != "node":
@@ -85,3 +88,25 @@ def _check_reuse(node, where: str) -> None:
     if out.type != reused.type:
         raise IRVerificationError(f"{where}: output %{out.name} ({out.type}) cannot reuse "
                                   f"%{reused.name} ({reused.type}): types differ")
+
+
+def _check_fresh_results(node) -> None:
+    """A region's results are new values: no body output is a body input or a view of one (or an
+    in-place write over one), which the region's output buffer would then alias."""
+    body = node.subgraph
+    root = {v.name: v.name for v in body.inputs}
+    for n in body.nodes:
+        base = n.reuses if n.reuses is not None else None
+        if base is None and n.inputs:
+            try:
+                if lookup(n.op).view:
+                    base = n.inputs[0]
+            except UnsupportedOpError:  # reported by the body's own type check
+                base = None
+        for out in n.outputs:
+            root[out.name] = root.get(base.name, base.name) if base is not None else out.name
+    inputs = {v.name for v in body.inputs}
+    for v in body.outputs:
+        if root.get(v.name, v.name) in inputs:
+            raise IRVerificationError(f"node {node.name} ({node.op}): body output %{v.name} is (a view of) body "
+                                      f"input %{root[v.name]}; a region's results are new values (copy it in the body)")

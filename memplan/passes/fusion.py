@@ -43,6 +43,7 @@ from memplan.passes.registry import register_pass
 _KINDS = (OpKind.ELEMENTWISE, OpKind.BROADCAST)
 _COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy", "contiguous"}
 _RANDOM = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "poisson", "exponential")
+_NOT_TRAILING = {"prelu", "_prelu_kernel"}  # broadcast along dim 1, not by trailing alignment
 TILE_BYTES = 64 * 1024
 
 
@@ -70,6 +71,8 @@ def _pointwise(node: Node) -> str | None:
         return f"{opdef.kind.value} op (only elementwise and broadcast ops fuse)"
     if opdef.view or short in _COPIES:
         return "a view or a copy"
+    if short in _NOT_TRAILING:
+        return "its operands broadcast along dim 1, not by trailing alignment"
     if any(word in short for word in _RANDOM):
         return "a random op"
     if not node.outputs[0].type.is_static or not all(v.type.is_static for v in node.inputs):
@@ -105,11 +108,23 @@ def find_groups(graph: Graph, explain: dict[str, str] | None = None) -> list[Gro
             g = group_of.get(p.name) if p is not None else None
             if g is not None and groups[g].shape == shape and g not in joined:
                 joined.append(g)
+        def closure(ids) -> set[int]:
+            """The groups ``ids`` name and, transitively, every group they read from outside: once
+            fused, a loop runs after everything its group reads."""
+            seen: set[int] = set()
+            stack = list(ids)
+            while stack:
+                h = stack.pop()
+                if h not in seen:
+                    seen.add(h)
+                    stack.extend(ext_deps.get(h, ()))
+            return seen
+
         while joined:
             members = {m.name for g in joined for m in groups[g].members}
-            outside = empty.union(*(deps.get(w.name, empty) for w in inputs
-                                    if producer.get(w.name) is None or producer[w.name].name not in members),
-                                  *(ext_deps[g] for g in joined))
+            outside = closure(empty.union(*(deps.get(w.name, empty) for w in inputs
+                                            if producer.get(w.name) is None or producer[w.name].name not in members),
+                                          *(ext_deps[g] for g in joined)))
             clash = [g for g in joined if g in outside]
             if not clash:
                 break
@@ -263,6 +278,11 @@ def _topological(graph: Graph) -> None:
             waiting[r.name] -= 1
             if waiting[r.name] == 0:
                 heapq.heappush(ready, (index[r.name], r.name, r))
+    if len(order) != len(graph.nodes):
+        from memplan.errors import MemplanError
+        left = [n.name for n in graph.nodes if n not in order][:3]
+        raise MemplanError(f"fuse: the fused graph has a cycle through {', '.join(left)} (a bug in the legality "
+                           "check: please report it with the model)")
     graph.reorder(order)
 
 
@@ -303,6 +323,9 @@ def fuse(graph, ctx):
     if mode == "off":
         return graph
     tile_bytes = int(ctx.options.get("fusion_tile_bytes", TILE_BYTES))
+    if tile_bytes < 1:
+        from memplan.errors import MemplanError
+        raise MemplanError(f"option fusion_tile_bytes must be at least 1 byte, got {tile_bytes}")
     explain: dict[str, str] = {}
     if mode == "on":
         loops = fuse_graph(graph, tile_bytes, explain)
@@ -313,11 +336,10 @@ def fuse(graph, ctx):
     if not loops:
         _record(ctx, graph, [], explain, None)
         return graph
-    # the unfused graph first: where no order of it fits the target, its early check refuses it before
-    # anything is measured, and the pipeline reports that as it would without this pass
     plain_peak = _planned_peak(graph, ctx)
-    fused_peak = _planned_peak(trial, ctx) if plain_peak is not None else None
-    if fused_peak is not None and plain_peak is not None and fused_peak < plain_peak:
+    fused_peak = _planned_peak(trial, ctx)
+    if fused_peak is not None and (plain_peak is None or fused_peak < plain_peak):  # lower, or the only one
+        # that fits the target
         _adopt(graph, trial)
         _record(ctx, graph, loops, explain, (fused_peak, plain_peak))
     else:

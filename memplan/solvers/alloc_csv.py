@@ -37,7 +37,7 @@ def read_buffers_csv(path: str | Path) -> list[Buffer]:
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not a column
             return parse_buffers_csv(handle, str(path))
     except FileNotFoundError:
         raise BufferFileError(f"{path}: no such file") from None

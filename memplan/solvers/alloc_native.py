@@ -100,8 +100,9 @@ def _compiler() -> str | None:
     return None
 
 
-def _compile_into_cache() -> Path:
-    """Compile the kernel with the system compiler into the cache folder (once per source version)."""
+def _compile_into_cache(rebuild: bool = False) -> Path:
+    """Compile the kernel with the system compiler into the cache folder (once per source version;
+    ``rebuild``: again, over a cached file that would not load)."""
     if not SOURCE.is_file():
         raise OSError(f"kernel source {SOURCE} is missing")
     compiler = _compiler()
@@ -110,7 +111,7 @@ def _compile_into_cache() -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler] + COMPILE_FLAGS).encode()).hexdigest()[:16]
     target = _cache_dir() / f"libmemplan_minimalloc-{key}.so"
-    if target.is_file():
+    if target.is_file() and not rebuild:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -161,12 +162,18 @@ def load() -> ctypes.CDLL | None:
             try:
                 _library, _status = _bind(installed), f"native ({installed.name})"
                 return _library
-            except OSError as exc:
+            except (OSError, AttributeError) as exc:  # not loadable, or not this kernel (no ABI symbol)
                 errors.append(f"{installed.name}: {exc}")
         try:
             path = _compile_into_cache()
-            _library, _status = _bind(path), f"native (compiled into {path.parent})"
-        except (OSError, subprocess.SubprocessError) as exc:
+            try:
+                _library = _bind(path)
+            except (OSError, AttributeError) as exc:  # a corrupt or foreign cached file: build it once more
+                errors.append(f"{path.name}: {exc}")
+                path = _compile_into_cache(rebuild=True)
+                _library = _bind(path)
+            _status = f"native (compiled into {path.parent})"
+        except (OSError, AttributeError, subprocess.SubprocessError) as exc:
             errors.append(str(exc))
             _status = "no native kernel: " + "; ".join(errors)
             if not _warned:
@@ -212,6 +219,10 @@ def native_search(instance: PackingInstance, capacity: int, time_limit: float,
     why = native_fits(instance, capacity)
     if why:
         raise ValueError(why)
+    if disable & DISABLE["dynamic_ordering"]:
+        # hatless pruning stops at the first candidate with nothing above it, which is sound only when
+        # candidates come in offset order: the dynamic ordering's
+        disable |= DISABLE["hatless_pruning"]
     n = len(instance)
     capacity = min(int(capacity), MAX_TOTAL)   # beyond the total size every capacity is the same
     if n == 0:
@@ -252,13 +263,12 @@ def native_minimize(instance: PackingInstance, incumbent: list[int], lower_bound
     outcome = MinimizeOutcome(list(incumbent), instance.height(incumbent), lower_bound, False)
     start = time.monotonic()
     descent = _NativeDescent(instance, outcome, stop_at, fixed_capacity)
-    if fixed_capacity:
-        descent.run(deadline)
-    else:
-        descent.run(start + NATIVE_FIRST * (deadline - start))
-        if not descent.finished() and time.monotonic() < deadline and instance.build_conflicts(deadline):
-            take_turns_with_repair(instance, descent, outcome, stop_at, start, deadline, seed, False)
-        descent.run(deadline)
+    # the kernel first; where it has not finished, the repair search gets turns (with a capacity too: on
+    # aligned instances, whose sections the kernel bounds by raw sizes, the repair often fits first)
+    descent.run(start + NATIVE_FIRST * (deadline - start))
+    if not descent.finished() and time.monotonic() < deadline and instance.build_conflicts(deadline):
+        take_turns_with_repair(instance, descent, outcome, stop_at, start, deadline, seed, fixed_capacity)
+    descent.run(deadline)
     outcome.improved = outcome.height < instance.height(incumbent)
     return outcome
 

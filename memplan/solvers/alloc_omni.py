@@ -38,6 +38,9 @@ MAX_BUFFERS = 20_000          # above this the annealing cannot finish a useful 
 _cpp = None                   # omnimalloc._cpp once imported; False if it cannot be
 
 
+IMPORT_SECONDS = 1.0  # importing omnimalloc the first time (measured here: 0.9 s): not done on a shorter share
+
+
 def omnimalloc_module():
     """omnimalloc's compiled module, or None if omnimalloc is not installed (imported on first call)."""
     global _cpp
@@ -60,6 +63,9 @@ def omnimalloc_packing(instance: PackingInstance, deadline: float, seed: int = 0
     """
     n = len(instance)
     if n == 0 or n > MAX_BUFFERS or time.monotonic() >= deadline:
+        return None
+    if _cpp is None and deadline - time.monotonic() < IMPORT_SECONDS:
+        _note(log, f"omnimalloc: not loaded (importing it takes about {IMPORT_SECONDS:g} s, more than its share)")
         return None
     cpp = omnimalloc_module()
     if cpp is None or time.monotonic() >= deadline:

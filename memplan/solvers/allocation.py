@@ -56,6 +56,7 @@ from memplan.solvers.alloc_omni import omnimalloc_packing
 from memplan.solvers.alloc_search import minimize_height, setup_seconds
 
 METHODS = ("auto", "greedy", "search", "cpsat")
+BELOW_BOUND_SECONDS = 0.1  # a capacity below the interval bound is answered in this time: one quick packing
 MAX_VALUE = 2**62                # |lower|, |upper| and size of a buffer are below this
 MAX_EXACT_BUFFERS = 10_000       # larger components keep their heuristic packing
 MAX_CPSAT_BUFFERS = 2_000
@@ -228,6 +229,9 @@ def solve_allocation(buffers: Sequence[Buffer], capacity: int | None = None, tim
     log: list[str] = []
 
     exact = method != "greedy"
+    if capacity is not None and capacity < bound:
+        # proven at once: no packing is below the most bytes live at one time; one quick packing to return
+        exact, deadline = False, min(deadline, start + min(time_limit, BELOW_BOUND_SECONDS))
     greedy = greedy_portfolio(instance, time_budget=time_limit * (0.2 if exact else 1.0), target=bound,
                               deadline=deadline)
     offsets, winner = list(greedy.offsets), f"greedy:{greedy.variant}"

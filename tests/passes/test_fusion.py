@@ -30,7 +30,7 @@ def test_fuse_on_text_makes_a_row_tiled_loop():
   %m: f32[64, 8] = aten.mm.default(%x, %w)
   %c_fused: f32[64, 8] = memplan.loop(%m, trips=4, inputs=[['slice', 0, 16, 16]], outputs=[['concat', 0]]) [fused_a] loc('', 'exp + neg + mul') graph a_body(%m: f32[16, 8]) {
     %a: f32[16, 8] = aten.exp.default(%m)
-    %b: f32[16, 8] = aten.neg.default(%a)
+    %b: f32[16, 8] = aten.neg.default(%a) reuses(%a)
     %c: f32[16, 8] = aten.mul.Tensor(%b, %m)
     return %c
   }

@@ -249,3 +249,28 @@ def test_no_compiler_and_no_library_means_the_python_search(monkeypatch, tmp_pat
     assert any("pure-Python" in r.getMessage() for r in caplog.records)
     result = solve_allocation([Buffer("a", 0, 2, 3), Buffer("b", 1, 3, 3)], capacity=6, time_limit=1.0)
     assert result.fits
+
+
+def test_a_foreign_library_at_the_kernel_path_falls_back_instead_of_crashing(tmp_path, monkeypatch):
+    """A loadable library without the kernel's ABI symbol (or a corrupt file) in the cache is built again."""
+    import ctypes.util
+    monkeypatch.setattr(alloc_native, "_installed_library", lambda: None)
+    monkeypatch.setenv("MEMPLAN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(alloc_native, "_status", None)
+    monkeypatch.setattr(alloc_native, "_library", None)
+    if alloc_native._compiler() is None:
+        pytest.skip("no C++ compiler here")
+    path = alloc_native._compile_into_cache()
+    path.write_bytes(b"garbage")                   # corrupt: must be rebuilt once, not used nor kept
+    assert alloc_native.load() is not None, alloc_native.native_status()
+    assert path.stat().st_size > 1000
+
+
+def test_a_capacity_below_the_interval_bound_answers_at_once():
+    buffers = read_buffers_csv(DATA / "A.1048576.csv") if (DATA / "A.1048576.csv").is_file() else None
+    if buffers is None:
+        pytest.skip("challenging instances not vendored")
+    start = time.monotonic()
+    result = solve_allocation(buffers, capacity=interval_lower_bound(buffers) - 1, time_limit=10)
+    assert result.status == "infeasible" and time.monotonic() - start < 1.0
+    validate(buffers, result.offsets)
