@@ -50,7 +50,9 @@ class CompiledModule:
         The plan was made for dense row-major (contiguous) inputs, as the example inputs are
         captured. An input of the right type in any other layout (transposed, expanded, sliced,
         channels-last) is copied to that layout first, as eager kernels would copy it internally:
-        the result is the same, and the caller's tensor is never written.
+        the result is the same, and the caller's tensor is never written. Where the example inputs
+        were laid out so, the plan counts those copies (``attr input_copies``); an input passed in
+        another layout than its example's costs its copy beyond the plan.
         """
         expected = self.graph.inputs
         if len(args) != len(expected):
@@ -82,6 +84,20 @@ class CompiledModule:
 
     def __repr__(self) -> str:
         return f"<CompiledModule {self.graph.name}: {len(self.plan.schedule)} steps on {self.target.name}>"
+
+
+def _count_input_copies(graph: Graph, example_inputs) -> None:
+    """Example inputs laid out other than row-major (channels-last images, transposed views) are
+    copied to row-major when the module is called (:meth:`CompiledModule.check_inputs`): those
+    copies live for the whole run, so the plan counts them (``attr input_copies``, bytes)."""
+    if not isinstance(example_inputs, (tuple, list)) or len(example_inputs) != len(graph.inputs):
+        return
+    copies = 0
+    for a, v in zip(example_inputs, graph.inputs):
+        if isinstance(a, torch.Tensor) and a.layout == torch.strided and not a.is_contiguous():
+            copies += a.numel() * a.element_size()
+    if copies:
+        graph.attrs["input_copies"] = copies
 
 
 def lower(model_or_path, example_inputs=None) -> Graph:
@@ -132,6 +148,7 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     start = time.perf_counter()
     graph = lower(model_or_path, example_inputs)
+    _count_input_copies(graph, example_inputs)
     lowered = time.perf_counter() - start
     ctx = PassContext(spec, budget, dict(options or {}))
     graph, plan = run_pipeline(graph, ctx, pipeline, dump_after=dump_ir_after, dump_dir=dump_dir,

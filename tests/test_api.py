@@ -138,3 +138,19 @@ def test_dump_ir_after_every_pass(tmp_path):
     assert (tmp_path / "03-canonicalize.mir").read_text().startswith("# memplan IR after pass 'canonicalize'")
     from memplan.ir.parser import parse
     parse((tmp_path / "07-schedule.mir").read_text())
+
+
+def test_an_input_laid_out_other_than_row_major_is_counted_in_the_plan():
+    """A channels-last or transposed example input is copied to row-major when the module runs: the
+    copy lives for the whole run, and the plan counts it (measured peak = planned peak)."""
+    from memplan.profiling import timeline_peak
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 4, 16, 16).to(memory_format=torch.channels_last)
+    cm = memplan.compile(model, (x,))
+    assert cm.graph.attrs["input_copies"] == x.numel() * 4
+    assert timeline_peak(cm, x)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-4)
+    xt = torch.randn(32, 16).t()
+    cm = memplan.compile(torch.nn.Linear(32, 4).eval(), (xt,))
+    assert timeline_peak(cm, xt)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]

@@ -443,6 +443,11 @@ def _peaks(graph: Graph, check: PlanCheck, owned, main: str) -> None:
     for step, node in enumerate(graph.nodes):
         tier = (node.outputs[0].type.space if node.outputs else "") or main
         profile.setdefault(tier, [0] * steps)[step] += node.scratch
+    copies = graph.attrs.get("input_copies", 0)
+    if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
+        _fail(f"attr input_copies is {copies!r:.40}; it must be a number of bytes")
+    if copies:  # inputs copied to row-major when the module is called: live through the whole run
+        profile[main] = [x + copies for x in profile.setdefault(main, [0] * steps)]
     for tier, row in profile.items():
         stored = sum(s.nbytes for s in graph.storages.values() if s.tier == tier)
         check.storage_bytes[tier] = stored

@@ -166,6 +166,7 @@ def allocate(graph, ctx):
         "status": result.status, "objective": result.height, "bound": result.lower_bound,
         "gap": round(result.gap, 6), "wall_s": round(result.wall_s, 4), "buffers": len(buffers)})
     lower = stats.get("lower_bound_bytes", 0)
+    planned += graph.attrs.get("input_copies", 0)  # inputs copied to row-major at the call (api.compile)
     if budget is not None and planned > budget:
         raise budget_error(live, budget, planned, lower)
     tier = ctx.target.main_tier
