@@ -33,7 +33,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Literal
 
-from memplan.ir.graph import Graph, Node, Value, iter_values
+from memplan.ir.graph import Graph, Node, Value, map_values
 from memplan.ir.ops import OpKind, lookup
 from memplan.ir.regions import LOOP
 from memplan.ir.types import TensorType
@@ -230,7 +230,6 @@ def fuse_group(graph: Graph, group: Group, tile_bytes: int) -> Node | None:
         env[v.name] = body.add_input(v.name, TensorType(v.type.dtype, tuple(shape)))
     tile_shape = list(group.shape)
     tile_shape[d] = rows
-    from memplan.ir.graph import map_values
     for m in group.members:
         out = m.outputs[0]
         (env[out.name],) = body.add_node(m.op, map_values(m.args, lambda v: env[v.name]),

@@ -269,20 +269,23 @@ _DENSE_INPUT_OPS = {"aten.native_group_norm.default"}
 _LAYOUT_NAMES = {torch.contiguous_format: "contiguous", torch.channels_last: "channels_last"}
 
 
-def _channels_last(meta: tuple) -> bool:
+def _laid_out(meta: tuple, *formats) -> bool:
+    """Is a value of this (dtype, sizes, strides, offset) laid out in one of ``formats`` (channels-last
+    formats counting only at the rank they are defined for)?"""
     _dtype, shape, strides, _offset = meta
-    return len(shape) == 4 and torch.empty_strided(shape, strides, device="meta").is_contiguous(
-        memory_format=torch.channels_last)
+    rank = {torch.channels_last: 4, torch.channels_last_3d: 5}
+    probe = torch.empty_strided(shape, strides, device="meta")
+    return any(rank.get(f, len(shape)) == len(shape) and probe.is_contiguous(memory_format=f) for f in formats)
+
+
+def _channels_last(meta: tuple) -> bool:
+    return _laid_out(meta, torch.channels_last)
 
 
 def _dense_for_kernel(meta: tuple) -> bool:
-    """Is a value of this (dtype, sizes, strides, offset) contiguous for its kernel: contiguous, or
-    channels-last in 4-D or 5-D (what ``suggest_memory_format`` accepts)?"""
-    _dtype, shape, strides, _offset = meta
-    probe = torch.empty_strided(shape, strides, device="meta")
-    formats = [torch.contiguous_format]
-    formats += [torch.channels_last] if len(shape) == 4 else [torch.channels_last_3d] if len(shape) == 5 else []
-    return any(probe.is_contiguous(memory_format=f) for f in formats)
+    """Contiguous for its kernel: row-major, or channels-last in 4-D or 5-D (what
+    ``suggest_memory_format`` accepts)."""
+    return _laid_out(meta, torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 
 
 def _repair_layouts(graph: Graph, before: dict) -> None:

@@ -52,6 +52,16 @@ def assert_computes_the_same(before_text: str, after, weights: dict, seed: int =
         assert g.stride() == w.stride()
 
 
+def assert_rewrites(name: str, before: str, expected: str, **options):
+    """Pass ``name`` on ``before`` (random weights) gives ``expected``, and both compute the same."""
+    weights = random_weights(before)
+    got = run_pass(name, before, weights, **options)
+    assert_same(got, expected)
+    assert_computes_the_same(before, got, weights)
+    return got, weights
+
+
+
 # --- fold_batchnorm ---------------------------------------------------------------------------
 
 CONV_BN = """graph g(%x: f32[1, 2, 6, 6]) {
@@ -100,9 +110,7 @@ def test_fold_batchnorm_folds_into_the_convolution_before_it():
 def test_fold_batchnorm_gives_a_convolution_without_bias_one():
     # no convolution bias: the folded bias is −μ·s + β, a new param named after the convolution node
     text = CONV_BN.replace("  param %conv.bias: f32[4]\n", "").replace("%conv.weight, %conv.bias,", "%conv.weight, None,")
-    weights = random_weights(text)
-    got = run_pass("fold_batchnorm", text, weights)
-    assert_same(got, """graph g(%x: f32[1, 2, 6, 6]) {
+    got, weights = assert_rewrites("fold_batchnorm", text, """graph g(%x: f32[1, 2, 6, 6]) {
   param %conv.weight: f32[4, 2, 3, 3]
   param %bn.weight: f32[4]
   param %bn.bias: f32[4]
@@ -241,10 +249,7 @@ def test_mkldnn_conv_fuses_the_relu_and_repairs_layouts(name):
     # label, its output is the relu's value). The graph input is copied channels-last once, before
     # the convolution; the output is channels-last, so the flatten (a view) cannot serve it as is:
     # a contiguous copy first. legalize (PyTorch backend) runs exactly this pass.
-    weights = random_weights(CONV_RELU_FLATTEN)
-    got = run_pass(name, CONV_RELU_FLATTEN, weights)
-    assert_same(got, CONV_RELU_FLATTEN_ONEDNN)
-    assert_computes_the_same(CONV_RELU_FLATTEN, got, weights)
+    assert_rewrites(name, CONV_RELU_FLATTEN, CONV_RELU_FLATTEN_ONEDNN)
 
 
 RESIDUAL = """graph g(%x: f32[1, 4, 4, 4]) {
@@ -267,9 +272,7 @@ def test_mkldnn_conv_fuses_a_residual_add_and_the_relu_after_it(name):
     # where the add ran, after %conv_1. The shortcut's reader, the add, is already absorbed: it stays a
     # plain mkldnn_conv2d ('none'). Both read one channels-last copy of %x (made before the first of
     # them in the new order). The sum of a channels-last tensor over H, W needs no repair.
-    weights = random_weights(RESIDUAL)
-    got = run_pass(name, RESIDUAL, weights)
-    assert_same(got, """graph g(%x: f32[1, 4, 4, 4]) {
+    assert_rewrites(name, RESIDUAL, """graph g(%x: f32[1, 4, 4, 4]) {
   param %c1.weight: f32[8, 4, 3, 3]
   param %c2.weight: f32[8, 4, 1, 1]
   %x_channels_last: f32[1, 4, 4, 4] = aten.clone.default(%x, memory_format=torch.channels_last) loc('c2', 'aten.conv2d')
@@ -278,7 +281,6 @@ def test_mkldnn_conv_fuses_a_residual_add_and_the_relu_after_it(name):
   %sum: f32[1, 8] = aten.sum.dim_IntList(%relu, [2, 3]) loc('', 'aten.sum')
   return %sum
 }""")
-    assert_computes_the_same(RESIDUAL, got, weights)
 
 
 @needs_onednn
@@ -309,7 +311,6 @@ def test_mkldnn_conv_residual_that_is_also_the_input_and_an_output_kept_in_eager
   %relu_1_eager_layout: f32[1, 8, 8, 8] = aten.clone.default(%relu_1, memory_format=torch.contiguous_format) loc('c2', 'aten.conv2d + aten.add + aten.relu')
   return %relu_1_eager_layout
 }""")
-    assert_computes_the_same(text, got, weights)
 
 
 @pytest.mark.parametrize("case", ["weight without data", "weight an input", "f64", "conv_kernel=aten"])
