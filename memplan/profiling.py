@@ -8,6 +8,7 @@ PyTorch and torch.compile.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -85,9 +86,16 @@ def timeline_peak(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
       not seen, so ``baseline``/``peak`` drop them; compare
       ``activation_peak`` across eager and compiled, never ``peak``.
     """
-    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                                         record_shapes=True, with_stack=True) as prof:
-        result = fn(*args)
+    gc.collect()  # garbage of earlier work freed during the call would read as a lower peak
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                             record_shapes=True, with_stack=True) as prof:
+            result = fn(*args)
+    finally:
+        if enabled:
+            gc.enable()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # export_memory_timeline is deprecated
         curve_path, raw_path = os.path.join(tmp, "tl.json"), os.path.join(tmp, "tl.raw.json")

@@ -28,8 +28,11 @@ _CACHE: OrderedDict[tuple, dict[str, tuple[int, ...]]] = OrderedDict()
 _RUNS = 0  # fake runs made in this process (see fake_runs)
 
 
-def eager_strides(graph: Graph) -> dict[str, tuple[int, ...]]:
+def eager_strides(graph: Graph, input_strides: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
     """value name -> strides of that value when the graph runs eagerly on the CPU.
+
+    The graph's inputs are dense row-major, or strided as ``input_strides`` says (by input name: a
+    loop's body reads views of the values outside it).
 
     A pure analysis: ``graph`` is not changed. The graph runs on fake tensors once per graph
     version: the result is cached under :func:`stride_fingerprint`, which changes with anything
@@ -37,14 +40,17 @@ def eager_strides(graph: Graph) -> dict[str, tuple[int, ...]]:
     run again, and any rewrite that could change a stride runs it anew. The caller owns the
     returned dict.
     """
+    input_strides = {k: tuple(v) for k, v in (input_strides or {}).items() if v is not None}
     key = stride_fingerprint(graph)
+    if key is not None and input_strides:
+        key = (key, tuple(sorted(input_strides.items())))
     if key is not None:
         try:
             _CACHE.move_to_end(key)
             return dict(_CACHE[key])
         except KeyError:  # not cached (or just evicted by another thread)
             pass
-    with FakeRun(graph) as run:
+    with FakeRun(graph, input_strides) as run:
         for node in graph.nodes:
             run.run(node)
     strides = run.strides()
@@ -97,8 +103,9 @@ class FakeRun:
     that a pass changed in a few places costs those few nodes.
     """
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, input_strides: dict[str, tuple[int, ...]] | None = None):
         self.graph = graph
+        self.input_strides = input_strides or {}
         self.meta: dict[str, tuple] = {}  # value name -> (dtype, sizes, strides, storage offset)
         self._fake: dict[str, torch.Tensor] = {}
         self._mode: FakeTensorMode | None = None
@@ -111,7 +118,10 @@ class FakeRun:
         try:
             for v in self.graph.inputs:
                 shape = tuple(int(d) for d in v.type.shape)
-                self.meta[v.name] = (v.type.torch_dtype, shape, contiguous_strides(shape), 0)
+                strides = self.input_strides.get(v.name)
+                if strides is None or len(strides) != len(shape):
+                    strides = contiguous_strides(shape)
+                self.meta[v.name] = (v.type.torch_dtype, shape, tuple(strides), 0)
             for v in self.graph.params:
                 data = self.graph.weights.get(v.name)
                 shape = tuple(int(d) for d in v.type.shape)

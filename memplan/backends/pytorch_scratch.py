@@ -247,34 +247,42 @@ def _prepare(node: Node, in_arena, weights, strides, fill: int):
 
 
 def step_scratch(graph: Graph, options: dict, log: list[str] | None = None,
-                 slotted: set[str] = frozenset(), only: set[str] | None = None) -> dict[str, int]:
+                 slotted: set[str] = frozenset(), only: set[str] | None = None,
+                 input_strides: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
     """Scratch per node when the values of ``slotted`` are written into given buffers through the
     ``out=`` form and every other result is kernel-owned: measured (default) or, with
     ``options["measure_scratch"] = False``, estimated.
 
     Measuring is bounded by :func:`measure_cap`; ``log`` collects a line per node estimated instead.
+    ``input_strides``: how the graph's inputs are strided, where not dense (a loop body's tiles).
     """
     flags = out_flags(graph, set(slotted))
+    strides = None
     if options.get("measure_scratch", True):
         from memplan.analysis.strides import eager_strides
-        temps = measure_scratch(graph, eager_strides(graph), flags, cap=measure_cap(options), log=log, only=only)
+        strides = eager_strides(graph, input_strides)
+        temps = measure_scratch(graph, strides, flags, cap=measure_cap(options), log=log, only=only)
     else:
         temps = estimate_scratch(graph, flags)
     for node in graph.nodes:
         if node.op in REGION_OPS and (only is None or node.name in only):
-            temps[node.name] = region_scratch(node, options, log)
+            temps[node.name] = region_scratch(node, options, log, strides)
     return {name: n for name, n in temps.items() if n}
 
 
-def region_scratch(node: Node, options: dict, log: list[str] | None = None) -> int:
+def region_scratch(node: Node, options: dict, log: list[str] | None = None,
+                   strides: dict[str, tuple[int, ...]] | None = None) -> int:
     """What a region node needs beyond its outputs: its body run with every value kernel-owned and
     freed at its last use (a loop: one trip, its results included, which are copied into the
-    output buffers; a group: its intermediates, its results being its outputs)."""
+    output buffers; a group: its intermediates, its results being its outputs). ``strides``: the
+    eager strides of the graph holding ``node``; the body's inputs are views of its arguments, laid
+    out alike (a kernel may copy an input it finds strided, and that copy is scratch)."""
     from memplan.analysis.liveness import liveness
     from memplan.ir.regions import LOOP
 
     body = node.subgraph
-    live = liveness(body, temps=step_scratch(body, options, log, set()))
+    tiles = {b.name: strides.get(a.name) for a, b in zip(node.args, body.inputs)} if strides else None
+    live = liveness(body, temps=step_scratch(body, options, log, set(), input_strides=tiles))
     if node.op == LOOP:
         return live.peak_bytes
     results = {r for r in (live.alias_of.get(v.name, v.name) for v in body.outputs)}

@@ -359,6 +359,19 @@ class Graph:
             raise ValueError(f"cannot erase node {made[id(read)].name}: its outputs are still read (graph outputs)")
         self.nodes = kept
 
+    def eliminate_dead_code(self) -> list[Node]:
+        """Take out every node none of whose outputs reaches a graph output (every op is pure);
+        return them. Params stay (the caller decides about unused weights)."""
+        needed = {v.name for v in self.outputs}
+        dead = []
+        for node in reversed(self.nodes):
+            if any(v.name in needed for v in node.outputs):
+                needed.update(v.name for v in node.inputs)
+            else:
+                dead.append(node)
+        self.erase_nodes(dead)
+        return dead
+
     def replace_node(self, old: Node, new: Node) -> Node:
         """Put ``new`` where ``old`` was: every reader of ``old``'s outputs reads ``new``'s (same
         count), and ``old`` leaves the graph."""

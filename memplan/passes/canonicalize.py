@@ -55,14 +55,8 @@ def canonicalize(graph: Graph, ctx) -> Graph:
     if forwarded:
         ctx.log.append(f"canonicalize: forwarded {len(forwarded)} identity copies (clone/alias/detach)")
     _lower_reshapes(graph, ctx)
-    needed = {v.name for v in graph.outputs}
-    dead = []
-    for node in reversed(graph.nodes):
-        if any(v.name in needed for v in node.outputs):
-            needed.update(v.name for v in node.inputs)
-        else:
-            dead.append(node)
-    erase_nodes(graph, dead)
+    dead = graph.eliminate_dead_code()
+    needed = {v.name for n in graph.nodes for v in n.inputs} | {v.name for v in graph.outputs}
     unused = [p for p in graph.params if p.name not in needed]
     graph.params = [p for p in graph.params if p.name in needed]
     for p in unused:

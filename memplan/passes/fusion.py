@@ -383,7 +383,9 @@ def _adopt(graph: Graph, other: Graph) -> None:
 
 def _record(ctx, graph: Graph, loops: list[Node], explain: dict[str, str], peaks, rejected=()) -> None:
     records = ctx.records.setdefault("fusion", {})
-    records["why_not_fused"] = dict(explain)
+    reasons = records.setdefault("why_not_fused", {})
+    for name, why in explain.items():  # the attention pass's reasons, written first, stay
+        reasons.setdefault(name, why)
     records["groups"] = [{"loop": n.name, "members": [m.name for m in n.subgraph.nodes],
                           "trips": n.kwargs["trips"]} for n in loops]
     if rejected:
