@@ -25,11 +25,14 @@ float rounding. Also:
   head) reads the un-repeated k and v instead (``enable_gqa``): the copies go;
 - the output is laid out as eager's is (SDPA's ``[B, L, H, D]`` memory order), so later views hold.
 
-The block is the largest divisor of the query length whose scratch stays within option
-``attention_block_bytes`` (default 256 KiB). Option ``attention``: ``auto`` (default) keeps the
-rewrite only where the planned peak falls (planned as the rest of the pipeline would, as ``fuse``
-does), ``on`` always, ``off`` never. Each attention left as it was has a reason in the pass log and
-``cm.plan.why_not_fused(node)``.
+The block is the largest divisor of the query length no larger than what keeps a trip's scratch within
+option ``attention_block_bytes`` (default 256 KiB), or than ``attention_min_rows`` (default 256) where
+that is more: the CPU kernel runs small blocks slowly. Under a memory budget the planned peak misses,
+blocks are halved until it is met (or a block is one query). Bool masks become additive ones per block
+(``where(mask, 0, -inf)``, what SDPA does itself, at half the speed). Option ``attention``: ``auto``
+(default) keeps the rewrite only where the planned peak falls (both graphs fused and planned as the
+rest of the pipeline would: fusion and attention tiling are decided together), ``on`` always, ``off``
+never. Each attention left as it was has a reason in the pass log and ``cm.plan.why_not_fused(node)``.
 """
 from __future__ import annotations
 
@@ -46,6 +49,10 @@ from memplan.passes.registry import register_pass
 SDPA = "aten.scaled_dot_product_attention.default"
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 BLOCK_BYTES = 256 * 1024
+# The CPU's flash-attention kernel runs a call on a few queries far below its speed (16 queries per call
+# over 2,048 keys: 15x the time per query of one call on all of them; 256 queries: 1.3x, measured on 2
+# cores): blocks are this large unless the budget asks for smaller.
+MIN_ROWS = 256
 _PASSTHROUGH = {"aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.expand.default",
                 "aten.clone.default", "aten.alias.default"}
 _SOFTMAX = {"aten._softmax.default", "aten.softmax.int", "aten._safe_softmax.default"}
@@ -56,7 +63,8 @@ class AttentionOptions:
     """Options of ``attention``."""
 
     attention: Literal["auto", "on", "off"] = "auto"  # auto: only where the planned peak falls
-    attention_block_bytes: int = BLOCK_BYTES  # the most scratch one query block may take
+    attention_block_bytes: int = BLOCK_BYTES  # scratch one query block may take (its mask, scores' rows)
+    attention_min_rows: int = MIN_ROWS  # queries per block at least, unless the memory budget needs fewer
 
 
 @dataclass
@@ -289,8 +297,9 @@ def _static(site: Site) -> str:
 
 # ---- rewriting -----------------------------------------------------------------------------
 
-def _block_rows(site: Site, block_bytes: int) -> int:
-    """Query rows per trip: the largest divisor of Lq whose per-trip scratch fits ``block_bytes``."""
+def _block_rows(site: Site, block_bytes: int, min_rows: int = 1) -> int:
+    """Query rows per trip: the largest divisor of Lq no larger than the rows whose per-trip scratch
+    fits ``block_bytes``, or than ``min_rows`` where that is more."""
     q = site.q.type
     lq = int(q.shape[-2])
     lk = int(site.k.type.shape[-1] if site.k_transposed else site.k.type.shape[-2])
@@ -298,8 +307,13 @@ def _block_rows(site: Site, block_bytes: int) -> int:
     mask_heads = max((math.prod(int(d) for d in m.type.shape[:-2]) for m in site.masks), default=1)
     item = _itemsize(q.dtype)
     row = 4 * lk * max(mask_heads, 1) + item * heads * (int(q.shape[-1]) + int(site.out.type.shape[-1]))
-    rows = max(1, min(lq, block_bytes // max(row, 1)))
-    while lq % rows:
+    return divisor_at_most(lq, max(min_rows, block_bytes // max(row, 1)))
+
+
+def divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of ``n`` that is at most ``cap`` (1 at least)."""
+    rows = max(1, min(n, cap))
+    while n % rows:
         rows -= 1
     return rows
 
@@ -369,6 +383,8 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int]) -> Node:
     q_t, k_t, v_t = tiles[:3]
     mask = None
     for m in tiles[3:3 + len(site.masks)]:
+        if m.type.dtype == "bool":  # SDPA converts a bool mask itself, at half its speed on the CPU
+            m = _additive(body, m, q.type.dtype)
         if mask is None:
             mask = m
         else:
@@ -379,8 +395,9 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int]) -> Node:
         qpos, kpos = tiles[-2:]
         (col,) = body.add_node("aten.unsqueeze.default", (qpos, 1), {}, [TensorType("i64", (rows, 1))], name="qpos")
         (row,) = body.add_node("aten.unsqueeze.default", (kpos, 0), {}, [TensorType("i64", (1, lk))], name="kpos")
-        (mask,) = body.add_node("aten.le.Tensor", (row, col), {}, [TensorType("bool", (rows, lk))],
+        (keep,) = body.add_node("aten.le.Tensor", (row, col), {}, [TensorType("bool", (rows, lk))],
                                 name="causal_block", source_op="causal mask of one query block")
+        mask = _additive(body, keep, q.type.dtype)
     kwargs = {"scale": site.scale} if site.scale is not None else {}
     if site.gqa:
         kwargs["enable_gqa"] = True
@@ -409,6 +426,14 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int]) -> Node:
     return loop
 
 
+def _additive(body: Graph, keep: Value, dtype: str) -> Value:
+    """A bool mask (True: attend) as the additive mask SDPA makes of it: 0 where kept, -inf elsewhere."""
+    (mask,) = body.add_node("aten.where.Scalar", (keep, 0.0, float("-inf")), {},
+                            [TensorType(dtype, keep.type.shape)], name=f"{keep.name}_additive",
+                            source_op="bool mask as an additive one")
+    return mask
+
+
 def _broadcast_shape(a, b) -> tuple:
     rank = max(len(a), len(b))
     a = (1,) * (rank - len(a)) + tuple(a)
@@ -421,8 +446,10 @@ def _short(op: str) -> str:
     return parts[1] if len(parts) == 3 and parts[0] == "aten" else op
 
 
-def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[str, str] | None = None) -> list[Node]:
-    """Tile every attention :func:`find_sites` finds; return the loop nodes made."""
+def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[str, str] | None = None,
+                   min_rows: int = 1, shrink: int = 0) -> list[Node]:
+    """Tile every attention :func:`find_sites` finds; return the loop nodes made. Blocks are as
+    :func:`_block_rows` chooses, divided by ``2 ** shrink`` (to meet a budget)."""
     from memplan.analysis.strides import eager_strides
 
     explain = {} if explain is None else explain
@@ -430,10 +457,13 @@ def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[s
     strides = eager_strides(graph) if sites else {}
     loops = []
     for site in sites:
-        rows = _block_rows(site, block_bytes)
-        if rows == int(site.q.type.shape[-2]):
-            explain.setdefault(site.anchor.name, "attention not tiled: one block holds all its queries within "
-                                                 f"attention_block_bytes ({block_bytes} B)")
+        lq = int(site.q.type.shape[-2])
+        rows = _block_rows(site, block_bytes, min_rows)
+        rows = divisor_at_most(lq, rows >> shrink) if shrink else rows
+        if rows == lq:
+            explain.setdefault(site.anchor.name, f"attention not tiled: one block holds all its {lq} queries "
+                                                 f"(attention_block_bytes {block_bytes} B, attention_min_rows "
+                                                 f"{min_rows})")
             continue
         order = _output_order(site, strides)
         if order is None:
@@ -450,29 +480,45 @@ def attention(graph, ctx):
     """Attention (SDPA, or matmul-softmax-matmul) becomes a loop over query blocks (in ``auto`` mode only
     where the planned peak falls)."""
     from memplan.errors import MemplanError
-    from memplan.passes.fusion import _adopt, _fmt, _planned_peak
+    from memplan.passes.fusion import _adopt, _fmt
 
     mode = ctx.options.get("attention", "auto")
     if mode == "off":
         return graph
     block_bytes = int(ctx.options.get("attention_block_bytes", BLOCK_BYTES))
-    if block_bytes < 1:
-        raise MemplanError(f"option attention_block_bytes must be at least 1 byte, got {block_bytes}")
+    min_rows = int(ctx.options.get("attention_min_rows", MIN_ROWS))
+    if block_bytes < 1 or min_rows < 1:
+        raise MemplanError(f"options attention_block_bytes and attention_min_rows must be at least 1, got "
+                           f"{block_bytes} and {min_rows}")
     explain: dict[str, str] = {}
-    trial = graph if mode == "on" else graph.copy()
-    loops = tile_attention(trial, block_bytes, explain)
-    peaks = None
-    if loops and mode == "auto":
-        plain, tiled = _peak_after_fusion(graph, ctx), _peak_after_fusion(trial, ctx)
-        peaks = (tiled, plain)
-        if tiled is not None and (plain is None or tiled < plain):
-            _adopt(graph, trial)
-        else:
-            for loop in loops:
-                explain.setdefault(next(n.name for n in loop.subgraph.nodes if n.op == SDPA),
-                                   f"attention not tiled: the planned peak would not fall ({_fmt(tiled)} tiled, "
-                                   f"{_fmt(plain)} as it is)")
-            loops = []
+    plain = None
+    budget = ctx.memory_budget
+    shrink, trial, loops, peaks = 0, graph, [], None
+    while True:  # blocks as the options say; halved while the budget is not met and blocks can shrink
+        attempt = graph.copy()
+        made = tile_attention(attempt, block_bytes, explain if shrink == 0 else {}, min_rows, shrink)
+        if not made:
+            break
+        if mode == "on" and budget is None:
+            trial, loops = attempt, made
+            break
+        tiled = _peak_after_fusion(attempt, ctx)
+        if mode == "auto" and plain is None:
+            plain = _peak_after_fusion(graph, ctx)
+        if tiled is not None and (not loops or peaks[0] is None or tiled < peaks[0]):
+            trial, loops, peaks = attempt, made, (tiled, plain)
+        if budget is None or (tiled is not None and tiled <= budget) or max(n.kwargs["trips"] for n in made) >= max(
+                int(n.args[0].type.shape[-2]) for n in made):
+            break
+        shrink += 1
+    if loops and mode == "auto" and not (peaks[0] is not None and (plain is None or peaks[0] < plain)):
+        for loop in loops:
+            explain.setdefault(next(n.name for n in loop.subgraph.nodes if n.op == SDPA),
+                               f"attention not tiled: the planned peak would not fall ({_fmt(peaks[0])} tiled, "
+                               f"{_fmt(plain)} as it is)")
+        loops = []
+    if loops:
+        _adopt(graph, trial)
     _record(ctx, loops, explain, peaks)
     return graph
 

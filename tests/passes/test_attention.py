@@ -25,21 +25,21 @@ def _loops(graph):
 
 
 def test_sdpa_on_text_becomes_a_loop_over_query_blocks():
-    graph = run_pass("attention", SDPA_TEXT, attention="on", attention_block_bytes=1024)
+    graph = run_pass("attention", SDPA_TEXT, attention="on", attention_block_bytes=1024, attention_min_rows=1)
     (loop,) = _loops(graph)
     spec = loop.kwargs
     assert spec["trips"] == 4
     assert spec["inputs"] == [["slice", 2, 4, 4], ["full"], ["full"], ["slice", 2, 4, 4]]
     assert spec["outputs"] == [["concat", 2]]
     body_ops = [n.op for n in loop.subgraph.nodes]
-    assert body_ops == ["aten.scaled_dot_product_attention.default"]
+    assert body_ops == ["aten.where.Scalar", "aten.scaled_dot_product_attention.default"]  # bool -> additive
     assert parse(print_graph(graph)) == graph  # the text round-trips
     assert not any(n.op == "aten.scaled_dot_product_attention.default" for n in graph.nodes)
 
 
 def test_sdpa_with_dropout_is_left_with_a_reason():
     text = SDPA_TEXT.replace("%m, scale=0.25", "%m, 0.1, scale=0.25")
-    graph = run_pass("attention", text, attention="on", attention_block_bytes=1024)
+    graph = run_pass("attention", text, attention="on", attention_block_bytes=1024, attention_min_rows=1)
     assert not _loops(graph)
 
 
@@ -86,7 +86,7 @@ CASES = {
 
 
 def _compile(model, x, **options):
-    return memplan.compile(model, (x,), options={"fusion": "off", **options})
+    return memplan.compile(model, (x,), options={"fusion": "off", "attention_min_rows": 1, **options})
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -150,7 +150,7 @@ def test_the_matmul_softmax_matmul_pattern_tiles_exactly(scale, cross):
     model = EagerAttention(scale=scale, cross=cross).eval()
     x, y = torch.randn(1, 32, 32), torch.randn(1, 20, 32)
     cm = memplan.compile(model, (x, y), options={"fusion": "off", "attention": "on",
-                                                 "attention_block_bytes": 4096})
+                                                 "attention_block_bytes": 4096, "attention_min_rows": 1})
     (loop,) = _loops(cm.graph)
     assert loop.kwargs["trips"] > 1
     assert not any(n.op in ("aten._softmax.default", "aten.bmm.default") for n in cm.graph.nodes)
@@ -173,7 +173,7 @@ def test_attention_whose_probabilities_are_read_elsewhere_stays_with_a_reason():
     model = ScoresReturned().eval()
     x = torch.randn(1, 32, 32)
     cm = memplan.compile(model, (x, x), options={"fusion": "off", "attention": "on",
-                                                 "attention_block_bytes": 1024})
+                                                 "attention_block_bytes": 1024, "attention_min_rows": 1})
     assert not _loops(cm.graph)
     softmax = next(n.name for n in cm.graph.nodes if "softmax" in n.op)
     assert "attention not tiled" in cm.plan.why_not_fused(softmax)
@@ -196,3 +196,22 @@ def test_auto_never_raises_the_planned_peak_and_explains_what_it_leaves():
 def test_bad_block_bytes_is_one_clear_error():
     with pytest.raises(memplan.MemplanError, match="attention_block_bytes"):
         run_pass("attention", SDPA_TEXT, attention="on", attention_block_bytes=0)
+    with pytest.raises(memplan.MemplanError, match="attention_min_rows"):
+        run_pass("attention", SDPA_TEXT, attention="on", attention_min_rows=0)
+
+
+def test_a_budget_the_default_blocks_miss_makes_the_blocks_smaller():
+    torch.manual_seed(4)
+    model = Attention(mask="bool").eval()
+    x = torch.randn(1, 512, 32)
+    default = memplan.compile(model, (x,), options={"fusion": "off"})
+    (loop,) = _loops(default.graph)
+    assert loop.kwargs["trips"] == 2  # 256-query blocks
+    budget = default.plan.stats["planned_peak_bytes"] - 64 * 1024
+    tight = memplan.compile(model, (x,), memory_budget=budget, options={"fusion": "off"})
+    (loop,) = _loops(tight.graph)
+    assert loop.kwargs["trips"] > 2
+    assert tight.plan.stats["planned_peak_bytes"] <= budget
+    with torch.no_grad():
+        torch.testing.assert_close(tight(x), model(x), rtol=1e-5, atol=1e-5)
+    assert timeline_peak(tight, x)["activation_peak"] == tight.plan.stats["planned_peak_bytes"]
