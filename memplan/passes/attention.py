@@ -230,7 +230,8 @@ def _pattern_site(softmax: Node, users, outputs) -> tuple[Site | None, str]:
         if reader.op == "aten.bmm.default" and reader.args[0] is cur:
             bmm2 = reader
             break
-        if reader.op not in _PASSTHROUGH or reader.inputs[0] is not cur or reader.outputs[0].type.numel != cur.type.numel:
+        if (reader.op not in _PASSTHROUGH or reader.inputs[0] is not cur
+                or reader.outputs[0].type.numel != cur.type.numel):
             break
         cur = reader.outputs[0]
     if bmm2 is None:
@@ -243,7 +244,8 @@ def _pattern_site(softmax: Node, users, outputs) -> tuple[Site | None, str]:
     out = bmm2.outputs[0]
     anchor = bmm2
     readers = users.get(out.name, [])
-    if (len(readers) == 1 and out.name not in outputs and readers[0].op in ("aten.view.default", "aten._unsafe_view.default")
+    if (len(readers) == 1 and out.name not in outputs
+            and readers[0].op in ("aten.view.default", "aten._unsafe_view.default")
             and tuple(readers[0].outputs[0].type.shape[:-2]) == lead):
         anchor, out = readers[0], readers[0].outputs[0]
     if tuple(out.type.shape[:-2]) != lead:
@@ -412,7 +414,8 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int]) -> Node:
     body.outputs = [att]
     concat = order.index(rank - 2)
     loop_shape = tuple(int(out.type.shape[d]) for d in order)
-    (result,) = graph.add_node(LOOP, tuple(inputs), {"trips": trips, "inputs": slicings, "outputs": [["concat", concat]]},
+    spec = {"trips": trips, "inputs": slicings, "outputs": [["concat", concat]]}
+    (result,) = graph.add_node(LOOP, tuple(inputs), spec,
                                [TensorType(out.type.dtype, loop_shape)], name=f"attention_{anchor.name}",
                                subgraph=body, before=before, source=anchor.source,
                                source_op="attention over query blocks")
@@ -480,7 +483,7 @@ def attention(graph, ctx):
     """Attention (SDPA, or matmul-softmax-matmul) becomes a loop over query blocks (in ``auto`` mode only
     where the planned peak falls)."""
     from memplan.errors import MemplanError
-    from memplan.passes.fusion import _adopt, _fmt
+    from memplan.passes.fusion import _adopt, _fmt, better_plan
 
     mode = ctx.options.get("attention", "auto")
     if mode == "off":
@@ -511,11 +514,11 @@ def attention(graph, ctx):
                 int(n.args[0].type.shape[-2]) for n in made):
             break
         shrink += 1
-    if loops and mode == "auto" and not (peaks[0] is not None and (plain is None or peaks[0] < plain)):
+    if loops and mode == "auto" and not better_plan(ctx, (peaks[0], trial), (plain, graph)):
         for loop in loops:
             explain.setdefault(next(n.name for n in loop.subgraph.nodes if n.op == SDPA),
-                               f"attention not tiled: the planned peak would not fall ({_fmt(peaks[0])} tiled, "
-                               f"{_fmt(plain)} as it is)")
+                               "attention not tiled: neither the planned peak nor the modelled time would fall "
+                               f"({_fmt(peaks[0])} tiled, {_fmt(plain)} as it is)")
         loops = []
     if loops:
         _adopt(graph, trial)

@@ -337,17 +337,32 @@ def fuse(graph, ctx):
         return graph
     plain_peak = _planned_peak(graph, ctx)
     fused_peak = _planned_peak(trial, ctx)
-    if fused_peak is not None and (plain_peak is None or fused_peak < plain_peak):  # lower, or the only one
-        # that fits the target
+    if better_plan(ctx, (fused_peak, trial), (plain_peak, graph)):
         _adopt(graph, trial)
         _record(ctx, graph, loops, explain, (fused_peak, plain_peak))
     else:
         for loop in loops:
             for m in loop.subgraph.nodes:
-                explain.setdefault(m.name, "fused, the planned peak would not fall "
+                explain.setdefault(m.name, "fused, neither the planned peak nor the modelled time would fall "
                                            f"({_fmt(fused_peak)} against {_fmt(plain_peak)} unfused)")
         _record(ctx, graph, [], explain, (fused_peak, plain_peak), rejected=loops)
     return graph
+
+
+def better_plan(ctx, candidate: tuple, current: tuple) -> bool:
+    """Is ``candidate`` (planned peak, graph) better than ``current``: a lower planned peak (or the only
+    one that plans at all), or the same peak and less modelled time on the target (the roofline cost:
+    a fusion that saves memory traffic where the backend runs a region as one kernel)."""
+    (peak, graph), (other_peak, other) = candidate, current
+    if peak is None:
+        return False
+    if other_peak is None or peak < other_peak:
+        return True
+    if peak > other_peak:
+        return False
+    from memplan.analysis.cost import modelled_seconds
+    one_kernel = bool(getattr(ctx.get_backend(), "one_kernel_regions", False))
+    return modelled_seconds(graph, ctx.target, one_kernel) < modelled_seconds(other, ctx.target, one_kernel)
 
 
 def _fmt(n) -> str:
