@@ -23,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memplan  # noqa: E402
-from measure import MiB, eager_activation_peak, median_time, timeline_peak  # noqa: E402
+from measure import MiB, eager_activation_peak, median_time, timeline_peak, publish  # noqa: E402
 
 DIM, HEADS = 256, 4
 
@@ -123,11 +123,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         rows += bench(n, not args.no_inductor)
         print(f"{n} tokens: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    table = to_markdown(rows)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    return 0
+    return publish(to_markdown(rows), args.markdown)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import MiB, eager_activation_peak, timeline_peak  # noqa: E402
+from measure import MiB, eager_activation_peak, timeline_peak, publish  # noqa: E402
 
 import memplan  # noqa: E402
 from memplan import zoo  # noqa: E402
@@ -81,11 +81,7 @@ def main(argv=None) -> int:
     for name, kwargs in todo:
         rows.append(measure_family(name, kwargs))
         print(f"measured {rows[-1]['model']}", file=sys.stderr)
-    table = to_markdown(rows)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    return 0
+    return publish(to_markdown(rows), args.markdown)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import MiB, eager_activation_peak, timeline_peak  # noqa: E402
+from measure import MiB, eager_activation_peak, timeline_peak, publish  # noqa: E402
 
 import memplan  # noqa: E402
 from memplan.zoo import _images, _reinit_cnn, _seeded, _token_ids  # noqa: E402
@@ -356,11 +356,7 @@ def main(argv=None) -> int:
             rows.append({"family": name, "kind": FAMILIES[name][0],
                          "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    table = to_markdown(rows)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    return 0
+    return publish(to_markdown(rows), args.markdown)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402
 import memplan  # noqa: E402
-from measure import MiB, median_time, timeline_peak  # noqa: E402
+from measure import MiB, median_time, timeline_peak, publish  # noqa: E402
 from memplan import zoo  # noqa: E402
 from memplan.ir.ops import lookup  # noqa: E402
 
@@ -124,11 +124,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         rows.append(bench(label, build, not args.no_inductor))
         print(f"{label}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    table = to_markdown(rows)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    return 0
+    return publish(to_markdown(rows), args.markdown)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,15 @@ def eager_activation_peak(model: torch.nn.Module, inputs: tuple) -> int:
     return timeline_peak(forward)["activation_peak"]
 
 
+def publish(table: str, markdown: str | None) -> int:
+    """Print a benchmark's table and, with ``--markdown PATH``, write it there (for run_all.py)."""
+    print(table)
+    if markdown:
+        from pathlib import Path
+        Path(markdown).write_text(table + "\n")
+    return 0
+
+
 def median_time(fns: dict[str, Callable[[], Any]], repeats: int = 7,
                 warmup: int = 1) -> dict[str, float]:
     """Median wall time in seconds of each zero-argument callable in ``fns``.

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import MiB, eager_activation_peak, median_time, timeline_peak  # noqa: E402
+from measure import MiB, eager_activation_peak, median_time, timeline_peak, publish  # noqa: E402
 
 import memplan  # noqa: E402
 from memplan import zoo  # noqa: E402
@@ -140,11 +140,7 @@ def main(argv=None) -> int:
             if not args.names or label in args.names:
                 rows.append(bench_onnx(label, path))
                 print(f"{label} (onnx) done", file=sys.stderr)
-    table = to_markdown(rows)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    return 0
+    return publish(to_markdown(rows), args.markdown)
 
 
 if __name__ == "__main__":
