@@ -160,16 +160,28 @@ def _base(value: Value, lead: tuple, users, outputs) -> Value | None:
     return found
 
 
-def _scalar(x) -> float | None:
+def _scalar(x, consts: dict[str, float]) -> float | None:
+    """A Python number, or a one-element weight (an ONNX initializer), as a float; else None."""
+    if isinstance(x, Value):
+        return consts.get(x.name)
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _scores_chain(x: Value, users, outputs, factor: float = 1.0):
-    """Walk back from the softmax's input to the view of the first ``bmm``: ``(bmm node, scale,
-    biases)`` or None. Biases must be added after all scaling (their coefficient stays 1)."""
+def _matmul(node: Node, lead: tuple) -> bool:
+    """``aten.matmul`` of two operands with the batch dims ``lead`` (no broadcasting): ONNX's MatMul."""
+    return (node.op == "aten.matmul.default" and len(node.args) == 2
+            and all(isinstance(a, Value) and tuple(a.type.shape[:-2]) == lead for a in node.args))
+
+
+def _scores_chain(x: Value, users, outputs, consts: dict[str, float], factor: float = 1.0):
+    """Walk back from the softmax's input to the first matmul (a ``bmm`` under a view, or a batched
+    ``matmul``): ``(matmul node, scale, biases)`` or None. Biases must be added after all scaling
+    (their coefficient stays 1)."""
     node = x.producer
     if node is None:
         return None
+    if _matmul(node, tuple(x.type.shape[:-2])):
+        return node, factor, []
     if node.op in ("aten.view.default", "aten._unsafe_view.default") and node.inputs:
         src = node.inputs[0]
         if src.producer is not None and src.producer.op == "aten.bmm.default" and src.type.numel == x.type.numel:
@@ -180,12 +192,14 @@ def _scores_chain(x: Value, users, outputs, factor: float = 1.0):
         return node, factor, []
     if node.op in ("aten.mul.Tensor", "aten.div.Tensor") and len(node.args) == 2:
         a, b = node.args
-        if node.op == "aten.mul.Tensor" and _scalar(a) is not None and isinstance(b, Value):
+        if node.op == "aten.mul.Tensor" and _scalar(a, consts) is not None and _scalar(b, consts) is None:
             a, b = b, a
-        s = _scalar(b)
-        if not isinstance(a, Value) or s is None or s == 0 or not _single_use(a, users, outputs):
+        s = _scalar(b, consts)
+        if (not isinstance(a, Value) or a.type.shape != x.type.shape or s is None or s == 0
+                or not _single_use(a, users, outputs)):
             return None
-        found = _scores_chain(a, users, outputs, factor * (s if node.op == "aten.mul.Tensor" else 1.0 / s))
+        found = _scores_chain(a, users, outputs, consts,
+                              factor * (s if node.op == "aten.mul.Tensor" else 1.0 / s))
         if found is None:
             return None
         bmm, scale, biases = found
@@ -200,7 +214,7 @@ def _scores_chain(x: Value, users, outputs, factor: float = 1.0):
                 continue
             if bias.type.dtype != x.type.dtype or bias.type.rank > x.type.rank:
                 continue
-            found = _scores_chain(chain, users, outputs, factor)
+            found = _scores_chain(chain, users, outputs, consts, factor)
             if found is not None and factor == 1.0:
                 bmm, scale, biases = found
                 return bmm, scale, biases + [bias]
@@ -208,7 +222,7 @@ def _scores_chain(x: Value, users, outputs, factor: float = 1.0):
     return None
 
 
-def _pattern_site(softmax: Node, users, outputs) -> tuple[Site | None, str]:
+def _pattern_site(softmax: Node, users, outputs, consts: dict[str, float]) -> tuple[Site | None, str]:
     """The site of ``bmm -> scale -> + bias -> softmax -> bmm`` around ``softmax``, or (None, why)."""
     x = softmax.inputs[0]
     rank = x.type.rank
@@ -217,7 +231,7 @@ def _pattern_site(softmax: Node, users, outputs) -> tuple[Site | None, str]:
         return None, "a softmax over another dim than the last"
     if softmax.op == "aten._softmax.default" and len(softmax.args) > 2 and softmax.args[2]:
         return None, "a softmax that changes dtype"
-    found = _scores_chain(x, users, outputs)
+    found = _scores_chain(x, users, outputs, consts)
     if found is None:
         return None, "not the scores of attention (matmul, scale, bias added after scaling, softmax)"
     bmm1, scale, biases = found
@@ -227,7 +241,7 @@ def _pattern_site(softmax: Node, users, outputs) -> tuple[Site | None, str]:
     cur, bmm2 = probs, None
     while _single_use(cur, users, outputs):
         reader = users[cur.name][0]
-        if reader.op == "aten.bmm.default" and reader.args[0] is cur:
+        if (reader.op == "aten.bmm.default" or _matmul(reader, lead)) and reader.args[0] is cur:
             bmm2 = reader
             break
         if (reader.op not in _PASSTHROUGH or reader.inputs[0] is not cur
@@ -267,12 +281,17 @@ def find_sites(graph: Graph, explain: dict[str, str] | None = None) -> list[Site
     explain = {} if explain is None else explain
     users = graph.users()
     outputs = {v.name for v in graph.outputs}
+    consts = {}
+    for p in graph.params:
+        data = graph.weights.get(p.name)
+        if data is not None and data.numel() == 1 and data.dtype.is_floating_point:
+            consts[p.name] = float(data.reshape(()).item())
     sites = []
     for node in graph.nodes:
         if node.op == SDPA:
             site, why = _sdpa_site(node, users)
         elif node.op in _SOFTMAX:
-            site, why = _pattern_site(node, users, outputs)
+            site, why = _pattern_site(node, users, outputs, consts)
             if site is None and why.startswith("not the scores"):
                 continue  # an ordinary softmax
         else:

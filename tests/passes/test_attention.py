@@ -215,3 +215,20 @@ def test_a_budget_the_default_blocks_miss_makes_the_blocks_smaller():
     with torch.no_grad():
         torch.testing.assert_close(tight(x), model(x), rtol=1e-5, atol=1e-5)
     assert timeline_peak(tight, x)["activation_peak"] == tight.plan.stats["planned_peak_bytes"]
+
+
+def test_attention_exported_to_onnx_tiles_too(tmp_path):
+    """ONNX exports arrive as MatMul -> Div (by an initializer) -> Add -> Softmax -> MatMul."""
+    torch.manual_seed(5)
+    model = EagerAttention(cross=True).eval()
+    x, y = torch.randn(1, 32, 32), torch.randn(1, 20, 32)
+    path = tmp_path / "attention.onnx"
+    torch.onnx.export(model, (x, y), str(path), dynamo=True, verbose=False)
+    cm = memplan.compile(str(path), options={"fusion": "off", "attention": "on", "attention_min_rows": 1,
+                                             "attention_block_bytes": 2048})
+    (loop,) = _loops(cm.graph)
+    assert loop.kwargs["trips"] > 1
+    assert not any(n.op in ("aten._softmax.default", "aten.matmul.default") and n.outputs[0].type.rank == 4
+                   for n in cm.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x, y), model(x, y), rtol=1e-5, atol=1e-5)
