@@ -363,8 +363,122 @@ def _output_order(site: Site, strides) -> list[int] | None:
     return None
 
 
-def tile_site(graph: Graph, site: Site, rows: int, order: list[int]) -> Node:
-    """Rewrite ``site`` into a loop over query blocks of ``rows`` rows; return the loop node."""
+_MASK_VIEWS = {"aten.expand.default", "aten.unsqueeze.default"}
+
+
+def _mask_recipe(mask: Value, lq: int, users: dict):
+    """How to compute one query block of ``mask`` from small tensors: ``(nodes in graph order, leaves,
+    {value name: its query dim or None})``, or None. The mask must be made by elementwise and
+    broadcast ops (and ``unsqueeze`` / ``expand``) from values of at most 1/16 of its size (position
+    ids, a padding mask: transformers builds its causal mask so, an L x L bool), read only by
+    attention; each value's query dim follows the mask's by broadcasting."""
+    from memplan.ir.ops import OpKind, lookup
+    from memplan.passes.fusion import _pointwise
+
+    if mask.type.rank < 2 or int(mask.type.shape[-2]) != lq or lq < 2 or not mask.type.is_static:
+        return None
+    readers = users.get(mask.name, [])
+    if not readers or any(r.op not in (SDPA, "aten.add.Tensor") for r in readers):
+        return None
+    qdims: dict[str, int | None] = {}
+    chain: dict[str, Node] = {}
+    leaves: dict[str, Value] = {}
+    stack: list[tuple[Value, int | None]] = [(mask, mask.type.rank - 2)]
+    while stack:
+        v, d = stack.pop()
+        if v.name in qdims:
+            if qdims[v.name] != d:
+                return None
+            continue
+        qdims[v.name] = d
+        if v is not mask and v.type.is_static and v.type.numel * 16 <= mask.type.numel:
+            leaves[v.name] = v
+            continue
+        node = v.producer
+        if node is None or len(node.outputs) != 1:
+            return None
+        if node.op not in _MASK_VIEWS and (_pointwise(node) is not None
+                                           or lookup(node.op, node=node.name).kind not in (OpKind.ELEMENTWISE,
+                                                                                           OpKind.BROADCAST)):
+            return None
+        chain[node.name] = node
+        for u in dict.fromkeys(node.inputs):
+            du = _input_query_dim(node, v, u, d)
+            if du is False:
+                return None
+            stack.append((u, du))
+    for node in chain.values():  # nothing outside the chain may need an intermediate of it
+        out = node.outputs[0]
+        if out is not mask and any(r.name not in chain for r in users.get(out.name, [])):
+            return None
+    if any(qdims[n] is not None and int(leaves[n].type.shape[qdims[n]]) != lq for n in leaves):
+        return None
+    order = {id(n): i for i, n in enumerate(_graph_nodes(mask))}
+    nodes = sorted(chain.values(), key=lambda n: order.get(id(n), 0))
+    return nodes, list(leaves.values()), qdims, mask.name
+
+
+def _graph_nodes(value: Value) -> list[Node]:
+    """The nodes that ``value`` depends on, in an order where each comes after its inputs."""
+    seen: dict[int, Node] = {}
+    out: list[Node] = []
+
+    def visit(v: Value):
+        node = v.producer
+        if node is None or id(node) in seen:
+            return
+        seen[id(node)] = node
+        for u in node.inputs:
+            visit(u)
+        out.append(node)
+    visit(value)
+    return out
+
+
+def _input_query_dim(node: Node, out: Value, u: Value, d: int | None):
+    """The query dim of input ``u`` of ``node`` given its output's ``d`` (None: it has none; False: the
+    input spans the query dim in a way a block cannot slice)."""
+    if d is None:
+        return None
+    if node.op == "aten.unsqueeze.default":
+        k = node.args[1] % out.type.rank
+        return None if d == k else (d - 1 if d > k else d)
+    du = d - (out.type.rank - u.type.rank)  # broadcasting aligns trailing dims
+    if du < 0:
+        return None
+    size = int(u.type.shape[du])
+    if size == int(out.type.shape[d]):
+        return du
+    return None if size == 1 else False
+
+
+def _replay(body: Graph, recipe, tile_of: dict[str, Value], rows: int) -> Value:
+    """Compute one query block of a mask in ``body`` from its leaves' tiles (``tile_of``)."""
+    nodes, _, qdims, mask = recipe
+    env = dict(tile_of)
+    for node in nodes:
+        out = node.outputs[0]
+        shape = list(out.type.shape)
+        d = qdims.get(out.name)
+        if d is not None:
+            shape[d] = rows
+        args = list(node.args)
+        if node.op == "aten.expand.default":
+            sizes = list(args[1])
+            if d is not None and sizes[d] != -1:
+                sizes[d] = rows
+            args[1] = sizes
+        args = [env[a.name] if isinstance(a, Value) else a for a in args]
+        kwargs = {k: env[a.name] if isinstance(a, Value) else a for k, a in node.kwargs.items()}
+        (env[out.name],) = body.add_node(node.op, tuple(args), kwargs, [TensorType(out.type.dtype, tuple(shape))],
+                                         name=node.name, source=node.source, source_op=node.source_op or node.op)
+    return env[mask]
+
+
+def tile_site(graph: Graph, site: Site, rows: int, order: list[int], users: dict | None = None) -> Node:
+    """Rewrite ``site`` into a loop over query blocks of ``rows`` rows; return the loop node. A mask
+    computed elementwise from small tensors (``users``: the graph's readers, to check that only
+    attention reads it) is recomputed per block from them instead of read whole."""
     q, out = site.q, site.out
     rank = q.type.rank
     lq = int(q.type.shape[-2])
@@ -381,12 +495,17 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int]) -> Node:
                               name=f"{k.name}_t", before=before, source=anchor.source, source_op="aten.transpose")
     inputs: list[Value] = [q, k, site.v]
     slicings: list[list] = [["slice", rank - 2, rows, rows], ["full"], ["full"]]
+    recipes = []
     for m in site.masks:
-        if m.type.rank >= 2 and int(m.type.shape[-2]) == lq and lq > 1:
-            slicings.append(["slice", m.type.rank - 2, rows, rows])
-        else:
-            slicings.append(["full"])
-        inputs.append(m)
+        recipe = _mask_recipe(m, lq, users) if users is not None else None
+        recipes.append(recipe)
+        for v, d in ([(leaf, recipe[2][leaf.name]) for leaf in recipe[1]] if recipe else
+                     [(m, m.type.rank - 2 if m.type.rank >= 2 and int(m.type.shape[-2]) == lq and lq > 1
+                       else None)]):
+            if any(v is w for w in inputs):
+                continue
+            inputs.append(v)
+            slicings.append(["full"] if d is None else ["slice", d, rows, rows])
     lk = int(k.type.shape[-2])
     if site.causal:
         for n, hint in ((lq, "query_positions"), (lk, "key_positions")):
@@ -402,8 +521,10 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int]) -> Node:
             shape[s[1]] = rows
         tiles.append(body.add_input(v.name, TensorType(v.type.dtype, tuple(shape))))
     q_t, k_t, v_t = tiles[:3]
+    tile_of = {v.name: t for v, t in zip(inputs, tiles)}
     mask = None
-    for m in tiles[3:3 + len(site.masks)]:
+    for m, recipe in zip(site.masks, recipes):
+        m = _replay(body, recipe, tile_of, rows) if recipe else tile_of[m.name]
         if m.type.dtype == "bool":  # SDPA converts a bool mask itself, at half its speed on the CPU
             m = _additive(body, m, q.type.dtype)
         if mask is None:
@@ -477,6 +598,7 @@ def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[s
     explain = {} if explain is None else explain
     sites = find_sites(graph, explain)
     strides = eager_strides(graph) if sites else {}
+    users = graph.users()  # as captured: a mask only attention reads is recomputed per block
     loops = []
     for site in sites:
         lq = int(site.q.type.shape[-2])
@@ -491,7 +613,7 @@ def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[s
         if order is None:
             explain.setdefault(site.anchor.name, "attention not tiled: its output is laid out in no dense order")
             continue
-        loops.append(tile_site(graph, site, rows, order))
+        loops.append(tile_site(graph, site, rows, order, users))
     if loops:
         graph.eliminate_dead_code()  # the pattern's matmuls, softmax and repeated k, v
     return loops

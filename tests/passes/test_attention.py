@@ -68,6 +68,10 @@ class Attention(nn.Module):
             mask = self.tril[:n, :n][None, None]
         elif self.mask == "float":
             mask = torch.arange(n * n, dtype=torch.float32).view(1, 1, n, n).expand(1, h, n, n) * -0.01
+        elif self.mask == "built":  # as transformers builds it: from position ids, per call
+            pos = torch.arange(n)
+            mask = (pos[None, :] <= pos[:, None])[None, None] & (pos % 5 != 1)[None, None, None, :]
+            mask = mask.expand(b, 1, n, n)
         elif self.mask == "keys":
             mask = (torch.arange(n) % 3 != 0)[None, None, None, :]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal, scale=self.scale)
@@ -80,6 +84,7 @@ CASES = {
     "float_mask_per_head": dict(mask="float"),
     "key_padding_mask": dict(mask="keys"),
     "causal": dict(causal=True),
+    "mask_built_from_positions": dict(mask="built"),
     "gqa_repeat_kv": dict(kv_heads=2, causal=True),
     "scale": dict(scale=0.3, mask="bool"),
 }
@@ -100,6 +105,11 @@ def test_tiled_sdpa_equals_eager_and_measured_equals_planned(case):
     with torch.no_grad():
         torch.testing.assert_close(cm(x), model(x), rtol=1e-5, atol=1e-5)
     assert timeline_peak(cm, x)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
+    if case == "mask_built_from_positions":  # each block computes its rows of the mask: no L x L mask
+        n = x.shape[1]
+        assert not any(v.type.numel >= n * n for node in cm.graph.nodes for v in node.outputs
+                       if v.type.dtype == "bool")
+        assert any(node.op == "aten.le.Tensor" for node in loops[0].subgraph.nodes)
     if case == "gqa_repeat_kv":  # the repeated copies of k and v are gone
         assert not any(n.op == "aten.clone.default" for n in cm.graph.nodes)
         assert any(n.kwargs.get("enable_gqa") for n in loops[0].subgraph.nodes)
