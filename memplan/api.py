@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from memplan.backends.base import get_backend
 from memplan.backends.mkldnn import prepack
-from memplan.backends.pytorch import PyTorchBackend, load_python
+from memplan.backends.pytorch import load_python
 from memplan.errors import InputMismatchError, MemplanError, ModelLoadError
 from memplan.ir.graph import Graph
 from memplan.ir.printer import print_graph
@@ -24,19 +25,22 @@ class CompiledModule:
     """A planned model: call it like the original.
 
     Attributes: ``graph`` (the final IR), ``plan``, ``ir`` (IR text),
-    ``source`` (emitted Python), ``target``.
+    ``source`` (the emitted code: Python, or Triton kernels and their launcher), ``target``,
+    ``backend`` (the backend that planned and emitted it).
     """
 
-    def __init__(self, graph: Graph, plan: Plan, target: HardwareSpec, log: list[str]):
+    def __init__(self, graph: Graph, plan: Plan, target: HardwareSpec, log: list[str], backend="pytorch"):
         self.graph = graph
         self.plan = plan
         self.target = target
         self.log = log
+        self.backend = get_backend(backend)
         # every plan is checked before it runs, whatever made it; the code is printed from the IR alone
         verify(graph)  # types and shapes too: the checker trusts them, and out= kernels would resize slots
         check = verify_plan(graph, target)
-        self.source = PyTorchBackend().emit(graph, check)
-        self._run = load_python(self.source, f"memplan_{graph.name}")
+        self.source = self.backend.emit(graph, check)
+        load = getattr(self.backend, "load", load_python)
+        self._run = load(self.source, f"memplan_{graph.name}")
         self._weights = prepack(graph)
 
     @property
@@ -83,7 +87,8 @@ class CompiledModule:
             return self._run(self._weights, *args)
 
     def __repr__(self) -> str:
-        return f"<CompiledModule {self.graph.name}: {len(self.plan.schedule)} steps on {self.target.name}>"
+        return (f"<CompiledModule {self.graph.name}: {len(self.plan.schedule)} steps on {self.target.name}, "
+                f"{self.backend.name} backend>")
 
 
 def _count_input_copies(graph: Graph, example_inputs) -> None:
@@ -123,7 +128,7 @@ def lower(model_or_path, example_inputs=None) -> Graph:
 
 def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None, *,
             pipeline: list[str] | None = None, dump_ir_after=None, dump_dir=None,
-            verify_each: bool = False, options: dict | None = None) -> CompiledModule:
+            verify_each: bool = False, options: dict | None = None, backend="pytorch") -> CompiledModule:
     """Lower, plan and build a model.
 
     ``model_or_path``: an ``nn.Module`` (with ``example_inputs``), an
@@ -136,7 +141,12 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     ``heuristic``, ``baseline``, ...), ``schedule_time_limit`` and
     ``allocate_time_limit`` (seconds), ``measure_scratch`` (bool), ``allocation``
     (``auto``: the lower planned peak of a static storage and of freeing each
-    value at its last use; ``storage`` or ``free`` to force one).
+    value at its last use; ``storage`` or ``free`` to force one). ``backend``:
+    ``"pytorch"`` (default: readable Python of aten calls) or ``"triton"``
+    (fused regions and row reductions as Triton kernels, launched by a Python
+    launcher that calls aten for the rest; without a GPU the kernels run in
+    Triton's interpreter); the planner asks the backend what scratch its
+    kernels need.
 
     >>> import torch, memplan
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
@@ -150,10 +160,13 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     graph = lower(model_or_path, example_inputs)
     _count_input_copies(graph, example_inputs)
     lowered = time.perf_counter() - start
-    ctx = PassContext(spec, budget, dict(options or {}))
+    ctx = PassContext(spec, budget, dict(options or {}), backend=get_backend(backend))
     graph, plan = run_pipeline(graph, ctx, pipeline, dump_after=dump_ir_after, dump_dir=dump_dir,
                                verify_each=verify_each)
     plan.stats["pass_seconds"] = {"lower": lowered, **plan.stats.get("pass_seconds", {})}
     if not isinstance(graph, Graph):
         raise MemplanError("pipeline did not return a graph")
-    return CompiledModule(graph, plan, spec, ctx.log)
+    log_lines = getattr(ctx.backend, "log_lines", None)
+    if log_lines is not None:
+        ctx.log.extend(line for line in log_lines(graph) if line not in ctx.log)
+    return CompiledModule(graph, plan, spec, ctx.log, ctx.backend)

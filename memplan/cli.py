@@ -3,6 +3,7 @@
 ::
 
     memplan lower model.onnx --target h100 --budget 2GiB --emit ir,python,plan -o out/
+    memplan lower model.onnx --emit ir,triton,plan -o out/   # Triton kernels + their launcher
     memplan lower model.onnx --dump-ir-after all -o out/
     memplan show out/model.mir          # pretty-print and re-verify IR or a plan
     memplan targets                     # list target presets
@@ -24,7 +25,7 @@ from pathlib import Path
 from memplan.errors import IRParseError, MemplanError, OutputPathError, PlanFormatError
 from memplan.files import read_text
 
-EMITS = ("ir", "python", "plan", "report")
+EMITS = ("ir", "python", "triton", "plan", "report")
 
 
 def _console():
@@ -37,6 +38,9 @@ def _parse_emits(text: str) -> list[str]:
     bad = [e for e in emits if e not in EMITS]
     if bad:
         raise MemplanError(f"--emit {_clip(bad[0])!r}: choose from {', '.join(EMITS)}")
+    if "python" in emits and "triton" in emits:
+        raise MemplanError("--emit python,triton: the two backends plan differently (a Triton kernel needs no "
+                           "scratch); emit one of them per run")
     return emits
 
 
@@ -59,10 +63,16 @@ def _parse_budget(text: str | None) -> int | None:
 
 
 def _output_names(stem: str, emits: list[str]) -> dict[str, str]:
-    """What each ``--emit`` kind writes: ``{kind: file name}`` (report: two files)."""
+    """What each ``--emit`` kind writes: ``{kind: file name}`` (report and triton: two files each; the
+    Triton files are Python modules, named by the stem made an identifier)."""
     names = {"ir": f"{stem}.mir", "python": f"{stem}.py", "plan": f"{stem}.plan.json",
              "report": f"{stem}.report.png", "report_html": f"{stem}.report.html"}
-    wanted = [*emits, *(["report_html"] if "report" in emits else [])]
+    if "triton" in emits:
+        from memplan.backends.pytorch import identifier
+        module = identifier(stem)
+        names.update(triton=f"{module}_kernels.py", triton_launcher=f"{module}_launcher.py")
+    wanted = [*emits, *(["report_html"] if "report" in emits else []),
+              *(["triton_launcher"] if "triton" in emits else [])]
     return {kind: names[kind] for kind in wanted}
 
 
@@ -125,11 +135,14 @@ def cmd_lower(args) -> int:
         with console.status(f"lowering {escape(_clip(path.name))}"):
             cm = memplan.compile(path, examples, target=args.target, memory_budget=budget,
                                  dump_ir_after=args.dump_ir_after, dump_dir=dump_dir,
-                                 verify_each=args.verify_each, pipeline=pipeline, options=options)
+                                 verify_each=args.verify_each, pipeline=pipeline, options=options,
+                                 backend="triton" if "triton" in emits else "pytorch")
             if "ir" in emits:
                 files[names["ir"]] = cm.ir + "\n"
             if "python" in emits:
                 files[names["python"]] = cm.source
+            if "triton" in emits:  # the kernels, and the launcher that imports them
+                files.update(cm.backend.emit_files(cm.graph, stem))
             if "plan" in emits:
                 files[names["plan"]] = cm.plan.to_json()
             if "report" in emits:
@@ -325,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("model", help="path to an .onnx file")
     lower.add_argument("--target", default="cpu", help="preset name or .yaml/.json spec (see `memplan targets`)")
     lower.add_argument("--budget", default=None, help="memory budget, e.g. 2GiB, 512KiB or bytes")
-    lower.add_argument("--emit", default="ir,python,plan", help="comma list of: ir, python, plan, report (PNG + HTML)")
+    lower.add_argument("--emit", default="ir,python,plan",
+                       help="comma list of: ir, python, triton (kernels + launcher; plans for the Triton backend), "
+                            "plan, report (PNG + HTML)")
     lower.add_argument("-o", "--output", default="out", help="output directory (default: out)")
     lower.add_argument("--dump-ir-after", default=None, metavar="all|PASS[,PASS]",
                        help="write the IR after each named pass to OUTPUT/dumps")

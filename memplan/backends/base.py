@@ -11,6 +11,15 @@ A backend knows its kernels, so it answers the questions that depend on them:
   given buffers and the others are kernel-owned (``Node.scratch`` of the planned IR);
 - ``emit(graph) -> str``: the planned IR printed as source; nothing but the IR is read.
 
+A backend may also give ``load(source, module_name) -> run``, the loader of what it emits (default:
+the PyTorch backend's :func:`~memplan.backends.pytorch.load_python`), and ``emit_files(graph, stem)
+-> {file name: source}`` where its output is more than one file (the Triton backend: kernels and
+launcher).
+
+A backend may say ``one_kernel_regions = True``: it runs a fused region as one kernel (its
+intermediates never in memory, one launch), so the roofline model (:mod:`memplan.analysis.cost`)
+charges a region its boundary's bytes, and ``fuse`` forms regions too small to tile as one trip.
+
 The planner never asks anything else of a backend; a backend never re-derives a decision.
 """
 from __future__ import annotations
@@ -34,14 +43,17 @@ class Backend(Protocol):
     def emit(self, graph: Graph) -> str: ...
 
 
-BACKENDS = ("pytorch",)
+BACKENDS = ("pytorch", "triton")
 
 
 def get_backend(name: "str | Backend" = "pytorch") -> Backend:
-    """A backend by name (``pytorch``), or the object itself if it already is one."""
+    """A backend by name (``pytorch``, ``triton``), or the object itself if it already is one."""
     if not isinstance(name, str):
         return name
     if name == "pytorch":
         from memplan.backends.pytorch import PyTorchBackend
         return PyTorchBackend()
+    if name == "triton":
+        from memplan.backends.triton import TritonBackend
+        return TritonBackend()
     raise MemplanError(f"unknown backend {name[:40]!r}; backends: {', '.join(BACKENDS)}")

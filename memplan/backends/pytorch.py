@@ -109,12 +109,7 @@ def emit_python(graph: Graph, plan: Plan | None = None, check=None) -> str:
     target = graph.attrs.get("target")
     lines = [f"# memplan: graph {comment_text(graph.name)}"
              f"{' on target ' + comment_text(target) if target else ''}, {len(graph.nodes)} steps"]
-    if check is not None:
-        main = check.main_tier
-        lines.append(f"# planned peak {format_bytes(check.planned_peak_bytes)}: storage "
-                     f"{format_bytes(check.storage_bytes.get(main, 0))} + values outside it and scratch "
-                     f"{format_bytes(max(check.outside_profile.get(main, [0])))}; inputs + weights "
-                     f"{format_bytes(check.resident_bytes.get(main, 0))}")
+    lines += plan_comment(check)
     lines += ["from math import inf, nan", "", "import torch", "", "aten = torch.ops.aten", "", ""]
     functions: list[list[str]] = []
     main_fn = _function(graph, "run", functions, weights=True)
@@ -124,10 +119,24 @@ def emit_python(graph: Graph, plan: Plan | None = None, check=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _function(graph: Graph, fname: str, functions: list[list[str]], *, weights: bool) -> list[str]:
+def plan_comment(check) -> list[str]:
+    """The header line of emitted code that states the plan's figures (none for an unplanned graph)."""
+    if check is None:
+        return []
+    main = check.main_tier
+    return [f"# planned peak {format_bytes(check.planned_peak_bytes)}: storage "
+            f"{format_bytes(check.storage_bytes.get(main, 0))} + values outside it and scratch "
+            f"{format_bytes(max(check.outside_profile.get(main, [0])))}; inputs + weights "
+            f"{format_bytes(check.resident_bytes.get(main, 0))}"]
+
+
+def _function(graph: Graph, fname: str, functions: list[list[str]], *, weights: bool,
+              names: "_Names | None" = None, emit_step=None) -> list[str]:
     """The lines of ``def fname(...)`` running ``graph``; the body of each region node becomes a
-    function of its own, appended to ``functions`` (inner ones first)."""
-    names = _Names()
+    function of its own, appended to ``functions`` (inner ones first). ``names``: the value names
+    (a backend may keep more words clear); ``emit_step(node, names, comment)``: a backend's lines
+    for a node it runs otherwise (None: this backend's)."""
+    names = names if names is not None else _Names()
     params = ", ".join(names(v) for v in graph.inputs)
     head = f"weights{', ' if params else ''}{params}" if weights else params
     lines = [f"def {fname}({head}):"]
@@ -139,7 +148,10 @@ def _function(graph: Graph, fname: str, functions: list[list[str]], *, weights: 
         comment = f"  # {step}: from {comment_text(origin)}"
         if node.recomputes is not None:
             comment += f" (recomputes %{comment_text(node.recomputes.name)})"
-        if node.reuses is not None and node.op not in REGION_OPS:
+        custom = emit_step(node, names, comment) if emit_step is not None else None
+        if custom is not None:
+            body += custom
+        elif node.reuses is not None and node.op not in REGION_OPS:
             body += _inplace_step(node, names, comment)
         elif node.op in REGION_OPS:
             region = f"region_{len(functions)}_{identifier(node.name)}"

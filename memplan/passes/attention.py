@@ -674,7 +674,8 @@ def _peak_after_fusion(graph: Graph, ctx) -> int | None:
 
     trial = graph.copy()
     if ctx.options.get("fusion", "auto") != "off":
-        fuse_graph(trial, int(ctx.options.get("fusion_tile_bytes", TILE_BYTES)))
+        fuse_graph(trial, int(ctx.options.get("fusion_tile_bytes", TILE_BYTES)),
+                   one_trip=bool(getattr(ctx.get_backend(), "one_kernel_regions", False)))
     return _planned_peak(trial, ctx)
 
 

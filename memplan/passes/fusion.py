@@ -175,8 +175,9 @@ def _boundary(graph: Graph, group: Group) -> tuple[list[Value], list[Value]]:
     return inputs, outputs
 
 
-def _tiling(group: Group, inputs: list[Value], tile_bytes: int):
-    """(tile dim, rows per trip, per input: the dim it is sliced on or None) or None if no dim tiles."""
+def _tiling(group: Group, inputs: list[Value], tile_bytes: int, one_trip: bool = False):
+    """(tile dim, rows per trip, per input: the dim it is sliced on or None) or None if no dim tiles
+    (``one_trip``: a single trip over the whole extent will do, for a backend running it as one kernel)."""
     shape = group.shape
     rank = len(shape)
     itemsize = max(_itemsize(m.outputs[0].type.dtype) for m in group.members)
@@ -202,17 +203,17 @@ def _tiling(group: Group, inputs: list[Value], tile_bytes: int):
             rows = max(1, min(extent, tile_bytes // max(row, 1)))
             while extent % rows:
                 rows -= 1
-            if rows == extent:
+            if rows == extent and not one_trip:
                 return None  # one trip: nothing is smaller than before
             return d, rows, dims
     return None
 
 
-def fuse_group(graph: Graph, group: Group, tile_bytes: int) -> Node | None:
+def fuse_group(graph: Graph, group: Group, tile_bytes: int, one_trip: bool = False) -> Node | None:
     """Rewrite ``group`` into a ``memplan.loop`` placed where its first member was; return it (None
     where no dimension tiles it)."""
     inputs, outputs = _boundary(graph, group)
-    tiling = _tiling(group, inputs, tile_bytes)
+    tiling = _tiling(group, inputs, tile_bytes, one_trip)
     if tiling is None or not outputs:
         return None
     d, rows, dims = tiling
@@ -285,8 +286,10 @@ def _topological(graph: Graph) -> None:
     graph.reorder(order)
 
 
-def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, str] | None = None) -> list[Node]:
-    """Fuse every group :func:`find_groups` finds; return the loop nodes made."""
+def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, str] | None = None,
+               one_trip: bool = False) -> list[Node]:
+    """Fuse every group :func:`find_groups` finds; return the loop nodes made (``one_trip``: also
+    groups too small to tile, as one trip, for a backend that runs a region as one kernel)."""
     from memplan.analysis.strides import contiguous_strides, eager_strides, same_layout
 
     groups = find_groups(graph, explain)
@@ -302,7 +305,7 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
                     explain.setdefault(m.name, f"its group's result %{odd[0].name} is not laid out row-major "
                                                "in eager (a loop writes row-major buffers)")
             continue
-        loop = fuse_group(graph, group, tile_bytes)
+        loop = fuse_group(graph, group, tile_bytes, one_trip)
         if loop is None:
             if explain is not None:
                 for m in group.members:
@@ -326,12 +329,13 @@ def fuse(graph, ctx):
         from memplan.errors import MemplanError
         raise MemplanError(f"option fusion_tile_bytes must be at least 1 byte, got {tile_bytes}")
     explain: dict[str, str] = {}
+    one_trip = bool(getattr(ctx.get_backend(), "one_kernel_regions", False))
     if mode == "on":
-        loops = fuse_graph(graph, tile_bytes, explain)
+        loops = fuse_graph(graph, tile_bytes, explain, one_trip)
         _record(ctx, graph, loops, explain, None)
         return graph
     trial = graph.copy()
-    loops = fuse_graph(trial, tile_bytes, explain)
+    loops = fuse_graph(trial, tile_bytes, explain, one_trip)
     if not loops:
         _record(ctx, graph, [], explain, None)
         return graph

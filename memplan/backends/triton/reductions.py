@@ -1,0 +1,204 @@
+"""Row-reduction templates: softmax and log-softmax, layer norm, sum and mean, each one kernel.
+
+A row is every element that one output element (or one normalised slice) depends on: the reduced
+dims of the input, in row-major order; the other dims enumerate the rows. Each program holds
+``ROWS`` whole rows in registers (``BLOCK``, a power of two, columns each; masks cover the columns
+past the row's end and the rows past the last), so a row is read once and its results are written
+straight into their planned buffers: the kernel needs no scratch. Every tensor is addressed through
+its own strides, so a permuted input or a strided slot costs no copy. Statistics accumulate in
+float32 (float64 for float64 inputs).
+"""
+from __future__ import annotations
+
+import math
+
+from memplan.backends.triton.codegen import (FLOATS, MAX_ROW, ROW_TILE, Arg, Kernel, KernelNames, NotTranslatable,
+                                             address, aligned_dims, comment_text, decompose, literal,
+                                             next_power_of_2, node_comment, tl_dtype)
+from memplan.ir.graph import Node, Value
+
+
+class _Rows:
+    """The row layout of one reduction: the input's shape split into row dims and reduced (column)
+    dims, the kernel's names for their sizes and indices, and the launch arguments gathered."""
+
+    def __init__(self, node: Node, x: Value, reduced: list[int]):
+        self.node, self.x = node, x
+        self.shape = tuple(int(d) for d in x.type.shape)
+        if not self.shape or 0 in self.shape or math.prod(self.shape) == 1:
+            raise NotTranslatable("a reduction of at most one element")
+        if x.type.dtype not in FLOATS:
+            raise NotTranslatable(f"a reduction of {x.type.dtype} values")
+        self.reduced = sorted(set(reduced))
+        self.row_dims = [d for d, e in enumerate(self.shape) if e != 1 and d not in self.reduced]
+        self.col_dims = [d for d in self.reduced if self.shape[d] != 1]
+        self.n_rows = math.prod(e for d, e in enumerate(self.shape) if d not in self.reduced)
+        self.n_cols = math.prod(self.shape[d] for d in self.reduced)
+        if self.n_cols > MAX_ROW:
+            raise NotTranslatable(f"rows of {self.n_cols} elements, above the {MAX_ROW} one block holds")
+        self.block = next_power_of_2(self.n_cols)
+        self.rows_per_program = max(1, min(next_power_of_2(self.n_rows), ROW_TILE // self.block))
+        self.names = KernelNames()
+        n = self.names
+        self.size = {d: n.unique(f"size{d}") for d in self.row_dims[1:] + self.col_dims[1:]}
+        self.idx = {d: n.unique(f"i{d}") for d in self.row_dims}
+        self.idx.update({d: n.unique(f"j{d}") for d in self.col_dims})
+        self.indices = (decompose("rows", self.row_dims, self.size, self.idx)
+                        + decompose("cols", self.col_dims, self.size, self.idx))
+        self.pointers: list[str] = []
+        self.strides: list[str] = []
+        self.tensors: list[Arg] = []
+        self.stride_args: list[Arg] = []
+        self.dtype = "f64" if x.type.dtype == "f64" else "f32"  # the accumulation dtype
+
+    def tensor(self, v: Value, dims: dict[int, int], role: str) -> str:
+        """Take ``v`` as a kernel argument named for its ``role`` (a pointer, and a stride per entry of
+        ``dims``: dim of the input -> dim of ``v``); return the addresses of its block."""
+        pointer = self.names.unique(f"{role}_ptr")
+        self.pointers.append(pointer)
+        self.tensors.append(Arg("tensor", v))
+        terms = []
+        for d, k in dims.items():
+            s = self.names.unique(f"{role}_stride{d}")
+            self.strides.append(s)
+            self.stride_args.append(Arg("stride", v, k))
+            terms.append((self.idx[d], s))
+        # no dims: one row (n_rows == 1), addressed by the row index so the block keeps its shape
+        return address(pointer, terms) if terms else f"{pointer} + rows"
+
+    def kernel(self, name: str, summary: str, statements: list[str]) -> Kernel:
+        """The kernel: row and column indices and masks, then ``statements``."""
+        sizes = list(self.size.values())
+        params = [", ".join(self.pointers), ", ".join(self.strides), ", ".join([*sizes, "n_rows", "n_cols"]),
+                  "ROWS: tl.constexpr, BLOCK: tl.constexpr"]
+        body = ["rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]",
+                "cols = tl.arange(0, BLOCK)[None, :]",
+                "row_mask = rows < n_rows",
+                "col_mask = cols < n_cols",
+                "mask = row_mask & col_mask",
+                *self.indices, *statements]
+        size_args = [Arg("int", n=self.shape[d]) for d in self.size]
+        args = [self.tensors, self.stride_args, size_args + [Arg("int", n=self.n_rows), Arg("int", n=self.n_cols)],
+                [Arg("const", name="ROWS", n=self.rows_per_program), Arg("const", name="BLOCK", n=self.block)]]
+        programs = -(-self.n_rows // self.rows_per_program)
+        return Kernel(name, self.node, params, body, programs, args, summary, node_comment(self.node))
+
+    def load_x(self) -> tuple[str, str]:
+        """(the line loading the input's rows in the accumulation dtype, the local holding them)."""
+        where = self.tensor(self.x, {d: d for d in self.row_dims + self.col_dims}, "x")
+        x = self.names.unique("x")
+        return f"{x} = tl.load({where}, mask=mask, other=0.0).to({tl_dtype(self.dtype)})", x
+
+    def store(self, v: Value, role: str, value: str, dims: dict[int, int], mask: str) -> str:
+        """The line storing ``value`` into ``v`` (dims: dim of the input -> dim of ``v``)."""
+        where = self.tensor(v, dims, role)
+        if v.type.dtype != self.dtype:
+            value = f"{value}.to({tl_dtype(v.type.dtype)})"
+        return f"tl.store({where}, {value}, mask={mask})"
+
+
+def _dim(node: Node, d, rank: int) -> int:
+    if isinstance(d, bool) or not isinstance(d, int) or not -rank <= d < max(rank, 1):
+        raise NotTranslatable(f"{comment_text(node.op)} over dim {comment_text(repr(d))}")
+    return d % rank
+
+
+def softmax_kernel(node: Node, name: str) -> Kernel:
+    """``aten._softmax`` / ``aten._log_softmax`` (x, dim, half_to_float) over one dim of any layout."""
+    x, dim = node.args[0], node.args[1]
+    rows = _Rows(node, x, [_dim(node, dim, x.type.rank)])
+    (y,) = node.outputs
+    n = rows.names
+    load, xs = rows.load_x()
+    x_max, y_local = n.unique("x_max"), n.unique("y")
+    lines = [load, f'{xs} = tl.where(col_mask, {xs}, -float("inf"))',
+             f"{x_max} = tl.max({xs}, axis=1)[:, None]"]
+    log = node.op.startswith("aten._log_softmax")
+    if log:
+        shifted = n.unique("shifted")
+        lines += [f"{shifted} = {xs} - {x_max}",
+                  f"{y_local} = {shifted} - tl.log(tl.sum(tl.exp({shifted}), axis=1)[:, None])"]
+    else:
+        numerator, denominator = n.unique("numerator"), n.unique("denominator")
+        lines += [f"{numerator} = tl.exp({xs} - {x_max})",
+                  f"{denominator} = tl.sum({numerator}, axis=1)[:, None]",
+                  f"{y_local} = {numerator} / {denominator}"]
+    lines.append(rows.store(y, "y", y_local, {d: d for d in rows.row_dims + rows.col_dims}, "mask"))
+    kind = "log-softmax" if log else "softmax"
+    summary = (f"{kind} over dim {rows.reduced[0]} of {x.type.dtype}{list(rows.shape)}: {rows.n_rows} rows of "
+               f"{rows.n_cols}, {rows.rows_per_program} rows per program")
+    return rows.kernel(name, summary, lines)
+
+
+def layer_norm_kernel(node: Node, name: str) -> Kernel:
+    """``aten.native_layer_norm`` (x, normalized_shape, weight, bias, eps): all three results
+    (normalised output, mean, rstd)."""
+    x, normalized = node.args[0], node.args[1]
+    weight = node.args[2] if len(node.args) > 2 else None
+    bias = node.args[3] if len(node.args) > 3 else None
+    eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+    if not isinstance(normalized, (list, tuple)) or not 1 <= len(normalized) <= x.type.rank:
+        raise NotTranslatable("layer norm over an unexpected normalized_shape")
+    axis = x.type.rank - len(normalized)
+    rows = _Rows(node, x, list(range(axis, x.type.rank)))
+    y, mean, rstd = node.outputs
+    n = rows.names
+    load, xs = rows.load_x()
+    m, centered, var, r, y_local = (n.unique(w) for w in ("mean", "centered", "var", "rstd", "y"))
+    lines = [load,
+             f"{m} = tl.sum({xs}, axis=1)[:, None] / n_cols",
+             f"{centered} = tl.where(col_mask, {xs} - {m}, 0.0)",
+             f"{var} = tl.sum({centered} * {centered}, axis=1)[:, None] / n_cols",
+             f"{r} = 1.0 / tl.sqrt({var} + {literal(float(eps))})",
+             f"{y_local} = {centered} * {r}"]
+    for v, symbol, what in ((weight, "*", "weight"), (bias, "+", "bias")):
+        if v is None:
+            continue
+        if not isinstance(v, Value):
+            raise NotTranslatable(f"layer norm {what} is not a tensor")
+        where = rows.tensor(v, aligned_dims(v, rows.shape, rows.col_dims), what)
+        local = n.unique(what)
+        lines += [f"{local} = tl.load({where}, mask=col_mask, other=0.0).to({tl_dtype(rows.dtype)})",
+                  f"{y_local} = {y_local} {symbol} {local}"]
+    everywhere = {d: d for d in rows.row_dims + rows.col_dims}
+    per_row = {d: d for d in rows.row_dims}
+    lines += [rows.store(y, "y", y_local, everywhere, "mask"),
+              rows.store(mean, "mean", m, per_row, "row_mask"),
+              rows.store(rstd, "rstd", r, per_row, "row_mask")]
+    summary = (f"layer norm over the last {len(normalized)} dims of {x.type.dtype}{list(rows.shape)}: "
+               f"{rows.n_rows} rows of {rows.n_cols}, {rows.rows_per_program} rows per program")
+    return rows.kernel(name, summary, lines)
+
+
+def sum_kernel(node: Node, name: str) -> Kernel:
+    """``aten.sum.dim_IntList`` / ``aten.mean.dim`` (x, dims, keepdim=False, dtype=None)."""
+    x = node.args[0]
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    rank = x.type.rank
+    reduced = list(range(rank)) if not dims else [_dim(node, d, rank) for d in dims]
+    rows = _Rows(node, x, reduced)
+    (y,) = node.outputs
+    if y.type.dtype not in FLOATS:
+        raise NotTranslatable(f"a sum into {y.type.dtype}")
+    n = rows.names
+    load, xs = rows.load_x()
+    total = n.unique("total")
+    mean = node.op.startswith("aten.mean")
+    lines = [load, f"{total} = tl.sum({xs}, axis=1)[:, None]" + (" / n_cols" if mean else "")]
+    kept = [d for d in range(rank) if d not in rows.reduced]
+    out_dim = {d: (d if keepdim else kept.index(d)) for d in rows.row_dims}
+    lines.append(rows.store(y, "y", total, out_dim, "row_mask"))
+    summary = (f"{'mean' if mean else 'sum'} over dims {rows.reduced} of {x.type.dtype}{list(rows.shape)}: "
+               f"{rows.n_rows} rows of {rows.n_cols}, {rows.rows_per_program} rows per program")
+    return rows.kernel(name, summary, lines)
+
+
+# aten op -> its row-reduction template
+REDUCTIONS = {
+    "aten._softmax.default": softmax_kernel,
+    "aten._log_softmax.default": softmax_kernel,
+    "aten.native_layer_norm.default": layer_norm_kernel,
+    "aten.sum.dim_IntList": sum_kernel,
+    "aten.mean.dim": sum_kernel,
+}
