@@ -163,6 +163,8 @@ class Plan:
             lines.append(f"  inputs + weights        : {format_bytes(s['resident_bytes'])} (resident)")
         if "memory_budget" in s and s["memory_budget"] is not None:
             lines.append(f"  memory budget           : {format_bytes(s['memory_budget'])}")
+        if s.get("modelled_seconds") is not None:
+            lines.append(f"  modelled time (roofline): {s['modelled_seconds'] * 1000:.3f} ms on the target")
         if s.get("live_at_peak"):
             lines.append("  largest buffers live at the peak:")
             for item in s["live_at_peak"][:5]:
@@ -322,7 +324,7 @@ STATS_FIELDS = {
     "arena_bytes": _bytes, "arena_lower_bound_bytes": _bytes, "outside_arena_bytes": _bytes,
     "planned_peak_bytes": _bytes, "memory_budget": _optional_bytes, "free_at_last_use_peak_bytes": _bytes,
     "buffers": _dict_of(_buffer_triple), "pass_seconds": _dict_of(_number), "joint": _dict_of(_anything),
-    "peaks_per_tier": _dict_of(_bytes), "why_not_fused": _dict_of(_str),
+    "peaks_per_tier": _dict_of(_bytes), "why_not_fused": _dict_of(_str), "modelled_seconds": _number,
 }
 
 PLAN_FIELDS = {

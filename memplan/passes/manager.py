@@ -68,7 +68,10 @@ def report(graph: Graph, ctx: PassContext, check=None) -> Plan:
     """The :class:`Plan` report of ``graph`` as it stands: the report's figures are the checker's, not
     the planner's (``check``: what ``verify_plan`` found on this very graph, if it just ran)."""
     from memplan.analysis.check import verify_plan
+    from memplan.analysis.cost import modelled_seconds
     check = check if check is not None else verify_plan(graph, ctx.target)
+    one_kernel = bool(getattr(ctx.get_backend(), "one_kernel_regions", False))
+    ctx.records.setdefault("stats", {})["modelled_seconds"] = modelled_seconds(graph, ctx.target, one_kernel)
     return Plan.from_graph(graph, check, ctx.records, ctx.target.name)
 
 
