@@ -146,7 +146,8 @@ def _signature(node: Node, in_arena, strides, packed=frozenset()) -> tuple:
         return f"{v.type}{strides.get(v.name, '')}{' packed' if v.name in packed else ''}"
     args = format_arg(map_values(list(node.args), typed))
     kwargs = format_arg([(k, map_values(v, typed)) for k, v in sorted(node.kwargs.items())])
-    return (node.op, args, kwargs, tuple(in_arena))
+    # the outputs' types too: the bytes of kernel-owned results, not scratch, are what they say
+    return (node.op, args, kwargs, tuple(in_arena), tuple(str(v.type) for v in node.outputs))
 
 
 def _measure_all(pending: dict[tuple, tuple[Node, list[bool]]], graph: Graph, weights, strides, roots) -> None:
@@ -183,11 +184,16 @@ def _example(value, weights, strides, fill: int) -> torch.Tensor:
     shape = [int(d) for d in t.shape]
     eager = strides.get(value.name)
     if eager is not None and len(eager) == len(shape) and all(s >= 0 for s in eager) and 0 not in shape:
-        # eager's strides, dense or not: a kernel may copy a non-dense input first (its scratch)
+        # eager's strides, dense or not: a kernel may copy a non-dense input first (its scratch). The
+        # buffer is filled, not the view: an expanded view (stride 0) cannot be written
         extent = 1 + sum((d - 1) * s for d, s in zip(shape, eager))
-        out = torch.empty(extent, dtype=t.torch_dtype).as_strided(shape, eager)
-    else:
-        out = torch.empty_strided(shape, slot_strides(shape, eager), dtype=t.torch_dtype)
+        base = torch.empty(extent, dtype=t.torch_dtype)
+        if t.torch_dtype.is_floating_point:
+            base.copy_(_random_pool(extent, t.torch_dtype))
+        else:
+            base.fill_(fill)
+        return base.as_strided(shape, eager)
+    out = torch.empty_strided(shape, slot_strides(shape, eager), dtype=t.torch_dtype)
     if t.torch_dtype.is_floating_point and out.numel():
         out.copy_(_random_pool(out.numel(), t.torch_dtype).view(shape))
     else:

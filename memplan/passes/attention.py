@@ -15,7 +15,8 @@ on one block: the kernel's online-softmax over key blocks (FlashAttention's recu
 block of scores, and a block of the mask and of the bias is all that is converted. Each trip reads
 ``q``, ``k``, ``v`` through their strides (views, no contiguous copies) and writes its rows into the
 loop's output buffer, a planned slot. Rows of attention are independent, so the result is exact up to
-float rounding. Also:
+float rounding, with one difference from the eager matmul-softmax form: a query row whose every key is
+masked with ``-inf`` gives 0 (as SDPA does), where eager's softmax gives NaN. Also:
 
 - masks and additive biases are sliced by query block where they span the queries, read whole where
   they broadcast; several biases (T5's position bias plus its padding mask) are summed per block;
@@ -100,6 +101,8 @@ def _sdpa_site(node: Node, users: dict[str, list[Node]]) -> tuple[Site | None, s
     site = Site(node, node.outputs[0], q, k, v, [mask] if mask is not None else [],
                 bool(bound.get("is_causal", False)), None if scale is None else float(scale),
                 bool(bound.get("enable_gqa", False)))
+    if site.causal and site.masks:
+        return None, "is_causal together with a mask"
     if not site.gqa:
         _unrepeat_kv(site, users)
     return site, ""
@@ -184,7 +187,8 @@ def _scores_chain(x: Value, users, outputs, consts: dict[str, float], factor: fl
         return node, factor, []
     if node.op in ("aten.view.default", "aten._unsafe_view.default") and node.inputs:
         src = node.inputs[0]
-        if src.producer is not None and src.producer.op == "aten.bmm.default" and src.type.numel == x.type.numel:
+        if (src.producer is not None and src.producer.op == "aten.bmm.default"
+                and tuple(src.type.shape[-2:]) == tuple(x.type.shape[-2:])):
             if _single_use(src, users, outputs):
                 return src.producer, factor, []
         return None
@@ -231,7 +235,7 @@ def _pattern_site(softmax: Node, users, outputs, consts: dict[str, float]) -> tu
         return None, "a softmax over another dim than the last"
     if softmax.op == "aten._softmax.default" and len(softmax.args) > 2 and softmax.args[2]:
         return None, "a softmax that changes dtype"
-    found = _scores_chain(x, users, outputs, consts)
+    found = _scores_chain(x, users, outputs, consts) if _single_use(x, users, outputs) else None
     if found is None:
         return None, "not the scores of attention (matmul, scale, bias added after scaling, softmax)"
     bmm1, scale, biases = found
@@ -245,7 +249,8 @@ def _pattern_site(softmax: Node, users, outputs, consts: dict[str, float]) -> tu
             bmm2 = reader
             break
         if (reader.op not in _PASSTHROUGH or reader.inputs[0] is not cur
-                or reader.outputs[0].type.numel != cur.type.numel):
+                or reader.outputs[0].type.numel != cur.type.numel
+                or tuple(reader.outputs[0].type.shape[-2:]) != tuple(cur.type.shape[-2:])):
             break
         cur = reader.outputs[0]
     if bmm2 is None:
@@ -260,10 +265,15 @@ def _pattern_site(softmax: Node, users, outputs, consts: dict[str, float]) -> tu
     readers = users.get(out.name, [])
     if (len(readers) == 1 and out.name not in outputs
             and readers[0].op in ("aten.view.default", "aten._unsafe_view.default")
-            and tuple(readers[0].outputs[0].type.shape[:-2]) == lead):
+            and tuple(readers[0].outputs[0].type.shape[:-2]) == lead
+            and tuple(readers[0].outputs[0].type.shape[-2:]) == tuple(out.type.shape[-2:])):
         anchor, out = readers[0], readers[0].outputs[0]
     if tuple(out.type.shape[:-2]) != lead:
         return None, "the attention output does not reshape to the scores' batch dims"
+    lq, lk = x.type.shape[-2:]
+    if not (q.type.shape[-2] == lq and kt.type.shape[-1] == lk and q.type.shape[-1] == kt.type.shape[-2]
+            and v.type.shape[-2] == lk and tuple(out.type.shape[-2:]) == (lq, v.type.shape[-1])):
+        return None, "q, k, v and the output do not line up as attention's [Lq, E] [E, Lk] [Lk, Ev] [Lq, Ev]"
     for b in biases:
         if not _broadcasts(b.type.shape, x.type.shape):
             return None, f"bias %{b.name} does not broadcast to the scores"
@@ -311,6 +321,8 @@ def _static(site: Site) -> str:
         return "symbolic shapes"
     if site.q.type.rank < 3:
         return "a query of rank below 3"
+    if site.out.type.rank != site.q.type.rank or any(m.type.rank > site.q.type.rank for m in site.masks):
+        return "a mask or an output of higher rank than the query (the batch dims broadcast)"
     if any(m.type.dtype not in (site.q.type.dtype, "bool") for m in site.masks):
         return "a mask of another dtype than the query's"
     return ""
@@ -475,8 +487,10 @@ def _replay(body: Graph, recipe, tile_of: dict[str, Value], rows: int) -> Value:
     return env[mask]
 
 
-def tile_site(graph: Graph, site: Site, rows: int, order: list[int], users: dict | None = None) -> Node:
-    """Rewrite ``site`` into a loop over query blocks of ``rows`` rows; return the loop node. A mask
+def tile_site(graph: Graph, site: Site, rows: int, order: list[int],
+              users: dict | None = None) -> tuple[Node, Value]:
+    """Rewrite ``site`` into a loop over query blocks of ``rows`` rows; return the loop node and the
+    value that now stands for the attention's result. A mask
     computed elementwise from small tensors (``users``: the graph's readers, to check that only
     attention reads it) is recomputed per block from them instead of read whole."""
     q, out = site.q, site.out
@@ -525,8 +539,8 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int], users: dict
     mask = None
     for m, recipe in zip(site.masks, recipes):
         m = _replay(body, recipe, tile_of, rows) if recipe else tile_of[m.name]
-        if m.type.dtype == "bool":  # SDPA converts a bool mask itself, at half its speed on the CPU
-            m = _additive(body, m, q.type.dtype)
+        if m.type.dtype == "bool" and q.type.dtype == "f32":  # SDPA converts a bool mask itself, at half
+            m = _additive(body, m, q.type.dtype)  # its speed on the CPU
         if mask is None:
             mask = m
         else:
@@ -539,7 +553,7 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int], users: dict
         (row,) = body.add_node("aten.unsqueeze.default", (kpos, 0), {}, [TensorType("i64", (1, lk))], name="kpos")
         (keep,) = body.add_node("aten.le.Tensor", (row, col), {}, [TensorType("bool", (rows, lk))],
                                 name="causal_block", source_op="causal mask of one query block")
-        mask = _additive(body, keep, q.type.dtype)
+        mask = _additive(body, keep, q.type.dtype) if q.type.dtype == "f32" else keep
     kwargs = {"scale": site.scale} if site.scale is not None else {}
     if site.gqa:
         kwargs["enable_gqa"] = True
@@ -566,7 +580,7 @@ def tile_site(graph: Graph, site: Site, rows: int, order: list[int], users: dict
                                    name=f"{anchor.name}_heads", before=before, source=anchor.source,
                                    source_op="attention output in eager's layout")
     graph.replace_all_uses(out, result)
-    return loop
+    return loop, result
 
 
 def _additive(body: Graph, keep: Value, dtype: str) -> Value:
@@ -590,9 +604,10 @@ def _short(op: str) -> str:
 
 
 def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[str, str] | None = None,
-                   min_rows: int = 1, shrink: int = 0) -> list[Node]:
+                   min_rows: int = 1, shrink: int = 0, whole: list | None = None) -> list[Node]:
     """Tile every attention :func:`find_sites` finds; return the loop nodes made. Blocks are as
-    :func:`_block_rows` chooses, divided by ``2 ** shrink`` (to meet a budget)."""
+    :func:`_block_rows` chooses, divided by ``2 ** shrink`` (to meet a budget); ``whole`` collects the
+    attentions left whole because one block held all their queries."""
     from memplan.analysis.strides import eager_strides
 
     explain = {} if explain is None else explain
@@ -600,7 +615,10 @@ def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[s
     strides = eager_strides(graph) if sites else {}
     users = graph.users()  # as captured: a mask only attention reads is recomputed per block
     loops = []
+    renamed: dict[int, Value] = {}  # an attention's result, replaced by its loop's: later sites read that
     for site in sites:
+        site.q, site.k, site.v = (renamed.get(id(v), v) for v in (site.q, site.k, site.v))
+        site.masks = [renamed.get(id(m), m) for m in site.masks]
         lq = int(site.q.type.shape[-2])
         rows = _block_rows(site, block_bytes, min_rows)
         rows = divisor_at_most(lq, rows >> shrink) if shrink else rows
@@ -608,12 +626,16 @@ def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[s
             explain.setdefault(site.anchor.name, f"attention not tiled: one block holds all its {lq} queries "
                                                  f"(attention_block_bytes {block_bytes} B, attention_min_rows "
                                                  f"{min_rows})")
+            if whole is not None:
+                whole.append(site.anchor.name)
             continue
         order = _output_order(site, strides)
         if order is None:
             explain.setdefault(site.anchor.name, "attention not tiled: its output is laid out in no dense order")
             continue
-        loops.append(tile_site(graph, site, rows, order, users))
+        loop, result = tile_site(graph, site, rows, order, users)
+        renamed[id(site.out)] = result
+        loops.append(loop)
     if loops:
         graph.eliminate_dead_code()  # the pattern's matmuls, softmax and repeated k, v
     return loops
@@ -640,9 +662,16 @@ def attention(graph, ctx):
     shrink, trial, loops, peaks = 0, graph, [], None
     while True:  # blocks as the options say; halved while the budget is not met and blocks can shrink
         attempt = graph.copy()
-        made = tile_attention(attempt, block_bytes, explain if shrink == 0 else {}, min_rows, shrink)
+        whole: list[str] = []
+        made = tile_attention(attempt, block_bytes, explain if shrink == 0 else {}, min_rows, shrink, whole)
         if not made:
-            break
+            if budget is None or not whole or shrink > 32:
+                break
+            plain = _peak_after_fusion(graph, ctx) if plain is None else plain
+            if plain is not None and plain <= budget:
+                break
+            shrink += 1  # the budget is missed with attention whole: try blocks under attention_min_rows
+            continue
         if mode == "on" and budget is None:
             trial, loops = attempt, made
             break

@@ -242,3 +242,69 @@ def test_attention_exported_to_onnx_tiles_too(tmp_path):
                    for n in cm.graph.nodes)
     with torch.no_grad():
         torch.testing.assert_close(cm(x, y), model(x, y), rtol=1e-5, atol=1e-5)
+
+
+# ---- found by a hostile review -------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mask", ["bool", "causal"])
+def test_a_bool_or_causal_mask_in_another_dtype_than_float32(dtype, mask):
+    torch.manual_seed(6)
+    model = Attention(**({"causal": True} if mask == "causal" else {"mask": "bool"})).eval().to(dtype)
+    x = torch.randn(1, 24, 32, dtype=dtype)
+    cm = _compile(model, x, attention="on", attention_block_bytes=2048)
+    assert _loops(cm.graph)
+    with torch.no_grad():
+        tol = 1e-2 if dtype == torch.bfloat16 else 1e-9
+        torch.testing.assert_close(cm(x), model(x), rtol=tol, atol=tol)
+
+
+class Reshaped(nn.Module):
+    """matmul -> softmax -> matmul whose probabilities are reshaped in between: not attention."""
+
+    def forward(self, q, k, v):
+        p = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        b, h, n, _ = p.shape
+        return p.reshape(b, h, 2 * n, n // 2) @ v[..., : n // 2, :]
+
+
+def test_a_pattern_whose_shapes_change_between_the_matmuls_is_not_attention():
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    model = Reshaped()
+    cm = memplan.compile(model, (q, k, v), options={"fusion": "off", "attention": "on", "attention_min_rows": 1,
+                                                    "attention_block_bytes": 512})
+    assert not _loops(cm.graph)
+    torch.testing.assert_close(cm(q, k, v), model(q, k, v))
+
+
+def test_a_budget_below_the_whole_attention_tiles_under_the_minimum_block():
+    torch.manual_seed(7)
+    model = EagerAttention(scale=True).eval()
+    x = torch.randn(1, 256, 32)
+    whole = memplan.compile(model, (x, x), options={"fusion": "off", "attention": "off"})
+    budget = whole.plan.stats["planned_peak_bytes"] // 2
+    cm = memplan.compile(model, (x, x), memory_budget=budget, options={"fusion": "off"})
+    assert _loops(cm.graph) and cm.plan.stats["planned_peak_bytes"] <= budget
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x, x), model(x, x), rtol=1e-5, atol=1e-5)
+
+
+class SharedKeys(nn.Module):
+    """k and v shared by every head (an expanded, stride-0 dim), and a second attention reading the
+    first one's output as its query."""
+
+    def forward(self, q, k, v):
+        h = F.scaled_dot_product_attention(q, k.expand(-1, 4, -1, -1), v.expand(-1, 4, -1, -1))
+        return F.scaled_dot_product_attention(h, k.expand(-1, 4, -1, -1), v.expand(-1, 4, -1, -1), is_causal=True)
+
+
+def test_stride_zero_keys_and_stacked_attentions_plan_what_they_measure():
+    torch.manual_seed(8)
+    q, k, v = torch.randn(1, 4, 24, 8), torch.randn(1, 1, 24, 8), torch.randn(1, 1, 24, 8)
+    model = SharedKeys()
+    cm = memplan.compile(model, (q, k, v), options={"fusion": "off", "attention": "on", "attention_min_rows": 1,
+                                                    "attention_block_bytes": 2048})
+    assert len(_loops(cm.graph)) == 2  # the second reads the first's loop, not a leftover SDPA
+    assert not any(n.op == "aten.scaled_dot_product_attention.default" for n in cm.graph.nodes)
+    torch.testing.assert_close(cm(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
+    assert timeline_peak(cm, q, k, v)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
