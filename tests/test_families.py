@@ -47,3 +47,17 @@ def test_above_eager_list_names_families():
     assert set(ABOVE_EAGER_TODAY) <= set(families.FAMILIES)
     kinds = {kind for kind, _ in families.FAMILIES.values()}
     assert len(families.FAMILIES) >= 15 and kinds == {"decoder", "encoder", "enc-dec", "speech", "vision", "cnn"}
+
+
+def test_a_bfloat16_model_plans_and_runs():
+    """The CPU layer norm gives its mean and rstd in bfloat16 (its meta kernel says float32)."""
+    import torch
+    import memplan
+    from memplan import zoo
+    from memplan.profiling import timeline_peak
+    model, args = zoo.gpt2(n_layer=1, n_embd=64, n_head=2, seq=64)
+    model = model.to(torch.bfloat16)
+    cm = memplan.compile(model, args)
+    with torch.no_grad():
+        torch.testing.assert_close(cm(*args), model(*args))
+    assert timeline_peak(cm, *args)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]

@@ -135,7 +135,14 @@ def _bn_no_training_types(node: Node) -> list[TensorType]:
     return [x, TensorType(x.dtype, (0,)), TensorType(x.dtype, (0,))]
 
 
-_INFER = {"_native_batch_norm_legit_no_training": _bn_no_training_types}
+def _layer_norm_types(node: Node) -> list[TensorType]:
+    """The CPU kernel gives mean and rstd in the input's dtype (bfloat16 too); the meta kernel says float32."""
+    x, normalized = node.inputs[0].type, node.args[1]
+    stats = tuple(x.shape[: x.rank - len(normalized)]) + (1,) * len(normalized)
+    return [x, TensorType(x.dtype, stats), TensorType(x.dtype, stats)]
+
+
+_INFER = {"_native_batch_norm_legit_no_training": _bn_no_training_types, "native_layer_norm": _layer_norm_types}
 
 
 # ---------------------------------------------------------------- registry
