@@ -6,8 +6,9 @@ Per model: memplan's kernels (every step that is not a view; a fused region coun
 is on the Triton backend) and the bytes those kernels read and write (each kernel reads its inputs
 and writes its outputs once: the traffic a roofline model charges), without fusion (``fusion=off``,
 ``attention=off``) and with the default pipeline; TorchInductor's kernel count on the same model (the
-calls in its generated ``call()``: fused C++ kernels, extern GEMMs, aten fallbacks); and the planned
-and measured activation peaks with and without fusion, beside Inductor's measured one.
+calls in its generated ``call()``: fused C++ kernels, extern GEMMs, aten fallbacks); the kernels of
+memplan's Triton backend on the same model; and the planned and measured activation peaks with and
+without fusion, beside Inductor's measured one.
 """
 from __future__ import annotations
 
@@ -40,14 +41,22 @@ MODELS = [
 OFF = {"fusion": "off", "attention": "off"}
 
 
-def kernels(graph) -> tuple[int, int]:
-    """(kernel count, modelled bytes read + written) of a planned graph."""
+def launches(graph, kernels: set[str] = frozenset()) -> tuple[int, int]:
+    """(kernel launches, modelled bytes read + written) of one run of a planned graph: a node of
+    ``kernels`` (a Triton kernel) launches once and moves its boundary's bytes; another region runs
+    its body once per trip plus the copy of each trip's results; views launch nothing."""
     count = moved = 0
     for node in graph.nodes:
         if node.subgraph is None and lookup(node.op, node=node.name).view:
             continue
-        count += 1
-        moved += sum(v.nbytes for v in dict.fromkeys(node.inputs)) + sum(v.nbytes for v in node.outputs)
+        boundary = sum(v.nbytes for v in dict.fromkeys(node.inputs)) + sum(v.nbytes for v in node.outputs)
+        if node.subgraph is None or node.name in kernels:
+            count, moved = count + 1, moved + boundary
+            continue
+        trips = int(node.kwargs.get("trips", 1))
+        inner, inner_bytes = launches(node.subgraph)
+        count += trips * (inner + len(node.outputs))
+        moved += trips * (inner_bytes + 2 * sum(v.nbytes for v in node.subgraph.outputs))
     return count, moved
 
 
@@ -73,15 +82,21 @@ def inductor_kernels(model, inputs) -> tuple[int, int, str]:
 
 
 def bench(label, build, inductor: bool) -> dict:
+    from memplan.backends.triton.kernels import choose_kernels
+
     model, inputs = build()
     off = memplan.compile(model, inputs, options=OFF)
     on = memplan.compile(model, inputs)
+    triton = memplan.compile(model, inputs, backend="triton")
     row = {"model": label}
     for key, cm in (("off", off), ("on", on)):
-        row[f"{key}_kernels"], row[f"{key}_bytes"] = kernels(cm.graph)
+        row[f"{key}_kernels"], row[f"{key}_bytes"] = launches(cm.graph)
         row[f"{key}_planned"] = cm.plan.stats["planned_peak_bytes"]
         row[f"{key}_measured"] = timeline_peak(cm, *inputs)["activation_peak"]
-    row["regions"] = sum(1 for n in on.graph.nodes if n.subgraph is not None)
+    chosen = choose_kernels(triton.graph).kernels
+    row["triton_kernels"], row["triton_bytes"] = launches(triton.graph, set(chosen))
+    row["triton_planned"] = triton.plan.stats["planned_peak_bytes"]
+    row["regions"] = len(chosen)
     row["inductor_kernels"] = row["inductor_peak"] = row["inductor_split"] = None
     if inductor:
         row["inductor_kernels"], row["inductor_peak"], row["inductor_split"] = inductor_kernels(model, inputs)
@@ -93,22 +108,27 @@ def bench(label, build, inductor: bool) -> dict:
 def to_markdown(rows) -> str:
     def mib(x):
         return "—" if x is None else f"{x / MiB:.2f}"
-    lines = ["| model | kernels: unfused | fused (regions) | Inductor (fused+extern+aten) | bytes moved: unfused | "
-             "fused | planned: unfused | **fused** | measured: unfused | **fused** | Inductor measured | "
+    lines = ["| model | launches: unfused | fused, PyTorch backend | Triton backend (Triton kernels) | "
+             "Inductor (fused+extern+aten) | bytes moved: unfused | Triton backend | planned: unfused | "
+             "**fused** | Triton backend | measured: unfused | **fused** | Inductor measured | "
              "time fused / unfused |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ind = "—" if r["inductor_kernels"] is None else f"{r['inductor_kernels']} ({r['inductor_split']})"
-        lines.append(f"| {r['model']} | {r['off_kernels']} | {r['on_kernels']} ({r['regions']}) | {ind} | "
-                     f"{mib(r['off_bytes'])} | {mib(r['on_bytes'])} | {mib(r['off_planned'])} | "
-                     f"**{mib(r['on_planned'])}** | {mib(r['off_measured'])} | **{mib(r['on_measured'])}** | "
-                     f"{mib(r['inductor_peak'])} | {r['time']:.2f}× |")
+        lines.append(f"| {r['model']} | {r['off_kernels']} | {r['on_kernels']} | {r['triton_kernels']} "
+                     f"({r['regions']}) | {ind} | {mib(r['off_bytes'])} | {mib(r['triton_bytes'])} | "
+                     f"{mib(r['off_planned'])} | **{mib(r['on_planned'])}** | {mib(r['triton_planned'])} | "
+                     f"{mib(r['off_measured'])} | **{mib(r['on_measured'])}** | {mib(r['inductor_peak'])} | "
+                     f"{r['time']:.2f}× |")
     return "\n".join(lines) + (
-        "\n\nMemory and bytes in MiB (activations: weights and inputs excluded). Kernels: steps that are not "
-        "views; a fused region (`memplan.loop` of `fuse` or `attention`) counts once, as on the Triton backend "
-        "(on the PyTorch backend it runs its body once per tile). Bytes moved: each kernel reads its inputs "
-        "and writes its outputs once. Unfused: `fusion=off, attention=off`; fused: the default pipeline "
-        "(`auto`: a region is kept only where the planned peak falls, so fused is never above unfused).")
+        "\n\nMemory and bytes in MiB (activations: weights and inputs excluded; bytes moved count every "
+        "input a kernel reads, weights included). Launches: kernel calls of one run, views excluded; on the "
+        "PyTorch backend a fused loop runs its body once per tile (plus the copy of each tile's result), on "
+        "the Triton backend a region or row reduction with a Triton template is one launch (how many are in "
+        "brackets) and moves only its boundary's bytes. Unfused: `fusion=off, attention=off`; fused: the "
+        "default pipeline (`auto`: a region is kept only where the planned peak falls — or, at an equal "
+        "peak, the roofline time — so fused is never above unfused). Times: the PyTorch backend, fused "
+        "over unfused, medians of interleaved runs.\n")
 
 
 def main(argv=None) -> int:
