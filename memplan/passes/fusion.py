@@ -292,9 +292,14 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
     groups too small to tile, as one trip, for a backend that runs a region as one kernel)."""
     from memplan.analysis.strides import contiguous_strides, eager_strides, same_layout
 
+    loops = []
+    if one_trip:  # one kernel per region: a row reduction takes its elementwise prologue in
+        from memplan.passes.reduction_groups import find_reduction_groups, group_reduction
+        loops += [group_reduction(graph, group) for group in find_reduction_groups(graph, explain)]
+        if loops:
+            _topological(graph)
     groups = find_groups(graph, explain)
     strides = eager_strides(graph) if groups else {}
-    loops = []
     for group in groups:
         _, outputs = _boundary(graph, group)
         odd = [v for v in outputs if not same_layout(v.type.shape, strides.get(v.name),
@@ -406,7 +411,7 @@ def _record(ctx, graph: Graph, loops: list[Node], explain: dict[str, str], peaks
     for name, why in explain.items():  # the attention pass's reasons, written first, stay
         reasons.setdefault(name, why)
     records["groups"] = [{"loop": n.name, "members": [m.name for m in n.subgraph.nodes],
-                          "trips": n.kwargs["trips"]} for n in loops]
+                          "trips": n.kwargs.get("trips", 1)} for n in loops]
     if rejected:
         count = sum(len(n.subgraph.nodes) for n in rejected)
         line = (f"fuse: {len(rejected)} groups of {count} elementwise nodes left unfused: the planned peak would "

@@ -147,3 +147,26 @@ def test_cli_explains_fusion(tmp_path, capsys):
     assert main(["lower", str(path), "-o", str(tmp_path / "out"), "--explain-fusion", "--option", "fusion=on"]) == 0
     out = capsys.readouterr().out
     assert "fusion: 1 fused regions" in out and "fused_a: a, b, c, y" in out
+
+
+def test_reduction_groups_take_the_prologue_and_refuse_a_cycle():
+    from memplan.passes.reduction_groups import find_reduction_groups
+    text = """graph g(%x: f32[4, 8], %y: f32[4, 8]) {
+  %a: f32[4, 8] = aten.add.Tensor(%x, %y)
+  %b: f32[4, 8] = aten.mul.Tensor(%a, 2.0)
+  %s: f32[4, 8] = aten._softmax.default(%b, -1, False)
+  return %s, %a
+}"""
+    (group,) = find_reduction_groups(parse(text))
+    assert [n.name for n in group] == ["a", "b", "s"]
+    cyclic = """graph g(%x: f32[4, 8]) {
+  %a: f32[4, 8] = aten.exp.default(%x)
+  %m: f32[4, 8] = aten.mm.default(%a, %a)
+  %b: f32[4, 8] = aten.add.Tensor(%a, %m)
+  %s: f32[4, 8] = aten._softmax.default(%b, -1, False)
+  return %s
+}"""
+    # exp and add are both elementwise producers, but mm reads exp and feeds add: with exp in the group,
+    # the group would read its own result; add alone joins
+    (group,) = find_reduction_groups(parse(cyclic))
+    assert [n.name for n in group] == ["b", "s"]

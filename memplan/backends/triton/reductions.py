@@ -16,14 +16,31 @@ from memplan.backends.triton.codegen import (FLOATS, MAX_ROW, ROW_TILE, Arg, Ker
                                              address, aligned_dims, comment_text, decompose, literal,
                                              next_power_of_2, node_comment, tl_dtype)
 from memplan.ir.graph import Node, Value
+from memplan.ir.regions import GROUP
+
+
+def _reduction(node: Node) -> Node:
+    """The reduction a kernel runs: ``node`` itself, or the last node of a region's body (a row
+    reduction with its elementwise prologue, :mod:`memplan.passes.reduction_groups`)."""
+    if node.subgraph is None:
+        return node
+    if node.op != GROUP or not node.subgraph.nodes:
+        raise NotTranslatable("not a row reduction")
+    return node.subgraph.nodes[-1]
 
 
 class _Rows:
     """The row layout of one reduction: the input's shape split into row dims and reduced (column)
-    dims, the kernel's names for their sizes and indices, and the launch arguments gathered."""
+    dims, the kernel's names for their sizes and indices, and the launch arguments gathered.
+    ``node`` is what the kernel runs: a reduction, or a group holding one after its prologue (then
+    body values are read and written through the group's arguments and outputs)."""
 
     def __init__(self, node: Node, x: Value, reduced: list[int]):
         self.node, self.x = node, x
+        body = node.subgraph
+        self.outer_in = {b.name: a for a, b in zip(node.args, body.inputs)} if body is not None else None
+        self.outer_out = {b.name: o for o, b in zip(node.outputs, body.outputs)} if body is not None else None
+        self.helpers: set[str] = set()
         self.shape = tuple(int(d) for d in x.type.shape)
         if not self.shape or 0 in self.shape or math.prod(self.shape) == 1:
             raise NotTranslatable("a reduction of at most one element")
@@ -54,6 +71,8 @@ class _Rows:
     def tensor(self, v: Value, dims: dict[int, int], role: str) -> str:
         """Take ``v`` as a kernel argument named for its ``role`` (a pointer, and a stride per entry of
         ``dims``: dim of the input -> dim of ``v``); return the addresses of its block."""
+        if self.outer_in is not None:  # a body value: the group's argument or output it stands for
+            v = self.outer_in.get(v.name) or self.outer_out[v.name]
         pointer = self.names.unique(f"{role}_ptr")
         self.pointers.append(pointer)
         self.tensors.append(Arg("tensor", v))
@@ -76,21 +95,63 @@ class _Rows:
                 "row_mask = rows < n_rows",
                 "col_mask = cols < n_cols",
                 "mask = row_mask & col_mask",
-                *self.indices, *statements]
+                *self.indices, *(line for line in statements if line)]
         size_args = [Arg("int", n=self.shape[d]) for d in self.size]
         args = [self.tensors, self.stride_args, size_args + [Arg("int", n=self.n_rows), Arg("int", n=self.n_cols)],
                 [Arg("const", name="ROWS", n=self.rows_per_program), Arg("const", name="BLOCK", n=self.block)]]
         programs = -(-self.n_rows // self.rows_per_program)
-        return Kernel(name, self.node, params, body, programs, args, summary, node_comment(self.node))
+        if self.node.subgraph is not None:
+            covers = [line for m in self.node.subgraph.nodes for line in node_comment(m)]
+            summary += f"; %{comment_text(self.node.name)}'s elementwise prologue computed in registers"
+        else:
+            covers = node_comment(self.node)
+        return Kernel(name, self.node, params, body, programs, args, summary, covers, self.helpers)
 
-    def load_x(self) -> tuple[str, str]:
-        """(the line loading the input's rows in the accumulation dtype, the local holding them)."""
-        where = self.tensor(self.x, {d: d for d in self.row_dims + self.col_dims}, "x")
+    def load_x(self) -> tuple[list[str], str]:
+        """(the lines loading the input's rows in the accumulation dtype, the local holding them):
+        loaded, or computed from the group's inputs by its prologue (whose results read outside the
+        group are stored on the way)."""
+        everywhere = {d: d for d in self.row_dims + self.col_dims}
         x = self.names.unique("x")
-        return f"{x} = tl.load({where}, mask=mask, other=0.0).to({tl_dtype(self.dtype)})", x
+        if self.outer_in is None or self.x.name in self.outer_in:
+            where = self.tensor(self.x, everywhere, "x")
+            return [f"{x} = tl.load({where}, mask=mask, other=0.0).to({tl_dtype(self.dtype)})"], x
+        from memplan.backends.triton.pointwise import _Body, translate
+
+        body = _Body(self.names)
+        lines = []
+        prologue = self.node.subgraph.nodes[:-1]
+        for b in dict.fromkeys(u for m in prologue for u in m.inputs if u.name in self.outer_in):
+            outer = self.outer_in[b.name]
+            local = self.names(b)
+            spans = aligned_dims(outer, self.shape, self.row_dims + self.col_dims)
+            if spans:
+                lines.append(f"{local} = tl.load({self.tensor(b, spans, local)}, mask=mask, other=0.0)")
+            else:
+                pointer = self.names.unique(f"{local}_ptr")
+                self.pointers.append(pointer)
+                self.tensors.append(Arg("tensor", outer))
+                lines.append(f"{local} = tl.load({pointer})")
+            body.env[b.name] = (local, b.type.dtype)
+        for m in prologue:
+            local = self.names(m.outputs[0])
+            body.lines.append(f"{local} = {translate(m, body)}  # {comment_text(m.op)}")
+            body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
+        stores = [self.store(m.outputs[0], self.names(m.outputs[0]), body.local(m.outputs[0]), everywhere, "mask")
+                  for m in prologue]
+        self.helpers |= body.helpers
+        lines += body.lines + [line for line in stores if line]
+        lines.append(f"{x} = tl.where(mask, {body.local(self.x, self.dtype)}, 0.0)")
+        return lines, x
 
     def store(self, v: Value, role: str, value: str, dims: dict[int, int], mask: str) -> str:
-        """The line storing ``value`` into ``v`` (dims: dim of the input -> dim of ``v``)."""
+        """The line storing ``value`` into ``v`` (dims: dim of the input -> dim of ``v``); nothing
+        for a body value the group does not output."""
+        if self.outer_out is not None and v.name not in self.outer_out:
+            return ""
+        target = self.outer_out[v.name] if self.outer_out is not None else v
+        if target.type.dtype != v.type.dtype:
+            raise NotTranslatable("a group output of another dtype than its body value")
         where = self.tensor(v, dims, role)
         if v.type.dtype != self.dtype:
             value = f"{value}.to({tl_dtype(v.type.dtype)})"
@@ -105,15 +166,16 @@ def _dim(node: Node, d, rank: int) -> int:
 
 def softmax_kernel(node: Node, name: str) -> Kernel:
     """``aten._softmax`` / ``aten._log_softmax`` (x, dim, half_to_float) over one dim of any layout."""
-    x, dim = node.args[0], node.args[1]
-    rows = _Rows(node, x, [_dim(node, dim, x.type.rank)])
-    (y,) = node.outputs
+    red = _reduction(node)
+    x, dim = red.args[0], red.args[1]
+    rows = _Rows(node, x, [_dim(red, dim, x.type.rank)])
+    (y,) = red.outputs
     n = rows.names
     load, xs = rows.load_x()
     x_max, y_local = n.unique("x_max"), n.unique("y")
-    lines = [load, f'{xs} = tl.where(col_mask, {xs}, -float("inf"))',
+    lines = [*load, f'{xs} = tl.where(col_mask, {xs}, -float("inf"))',
              f"{x_max} = tl.max({xs}, axis=1)[:, None]"]
-    log = node.op.startswith("aten._log_softmax")
+    log = red.op.startswith("aten._log_softmax")
     if log:
         shifted = n.unique("shifted")
         lines += [f"{shifted} = {xs} - {x_max}",
@@ -133,19 +195,20 @@ def softmax_kernel(node: Node, name: str) -> Kernel:
 def layer_norm_kernel(node: Node, name: str) -> Kernel:
     """``aten.native_layer_norm`` (x, normalized_shape, weight, bias, eps): all three results
     (normalised output, mean, rstd)."""
-    x, normalized = node.args[0], node.args[1]
-    weight = node.args[2] if len(node.args) > 2 else None
-    bias = node.args[3] if len(node.args) > 3 else None
-    eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+    red = _reduction(node)
+    x, normalized = red.args[0], red.args[1]
+    weight = red.args[2] if len(red.args) > 2 else None
+    bias = red.args[3] if len(red.args) > 3 else None
+    eps = red.args[4] if len(red.args) > 4 else red.kwargs.get("eps", 1e-5)
     if not isinstance(normalized, (list, tuple)) or not 1 <= len(normalized) <= x.type.rank:
         raise NotTranslatable("layer norm over an unexpected normalized_shape")
     axis = x.type.rank - len(normalized)
     rows = _Rows(node, x, list(range(axis, x.type.rank)))
-    y, mean, rstd = node.outputs
+    y, mean, rstd = red.outputs
     n = rows.names
     load, xs = rows.load_x()
     m, centered, var, r, y_local = (n.unique(w) for w in ("mean", "centered", "var", "rstd", "y"))
-    lines = [load,
+    lines = [*load,
              f"{m} = tl.sum({xs}, axis=1)[:, None] / n_cols",
              f"{centered} = tl.where(col_mask, {xs} - {m}, 0.0)",
              f"{var} = tl.sum({centered} * {centered}, axis=1)[:, None] / n_cols",
@@ -185,13 +248,21 @@ def sum_kernel(node: Node, name: str) -> Kernel:
     load, xs = rows.load_x()
     total = n.unique("total")
     mean = node.op.startswith("aten.mean")
-    lines = [load, f"{total} = tl.sum({xs}, axis=1)[:, None]" + (" / n_cols" if mean else "")]
+    lines = [*load, f"{total} = tl.sum({xs}, axis=1)[:, None]" + (" / n_cols" if mean else "")]
     kept = [d for d in range(rank) if d not in rows.reduced]
     out_dim = {d: (d if keepdim else kept.index(d)) for d in rows.row_dims}
     lines.append(rows.store(y, "y", total, out_dim, "row_mask"))
     summary = (f"{'mean' if mean else 'sum'} over dims {rows.reduced} of {x.type.dtype}{list(rows.shape)}: "
                f"{rows.n_rows} rows of {rows.n_cols}, {rows.rows_per_program} rows per program")
     return rows.kernel(name, summary, lines)
+
+
+def group_reduction_kernel(node: Node, name: str) -> Kernel:
+    """A ``memplan.group`` of a row reduction after its elementwise prologue, as one kernel."""
+    template = REDUCTIONS.get(_reduction(node).op)
+    if template is None or template is sum_kernel:
+        raise NotTranslatable("a region that is neither elementwise nor a row reduction after its prologue")
+    return template(node, name)
 
 
 # aten op -> its row-reduction template

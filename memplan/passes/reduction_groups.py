@@ -1,0 +1,124 @@
+"""Row reductions with their elementwise prologue as one region, for backends that run a region as one kernel.
+
+TVM's lattice puts an elementwise producer into the reduction it feeds; Inductor does the same
+(``add`` + ``native_layer_norm`` is one kernel there, writing both the sum and the normalised rows).
+On a backend with ``one_kernel_regions`` (Triton) such a region is one launch that reads the
+prologue's inputs, computes it row by row in registers, writes the prologue results that others
+still read (a transformer's residual stream), and reduces: the prologue's intermediates never
+touch memory. On the PyTorch backend it would only run the same ops one by one, so ``fuse``
+forms these regions only for one-kernel backends.
+
+A group: a ``native_layer_norm``, ``_softmax`` or ``_log_softmax`` (over trailing dims), and the
+elementwise and broadcast nodes of the reduced input's shape that produce its input, walking back
+from it (:func:`memplan.passes.fusion._pointwise` decides who may join), none of whose outside
+inputs depends on a member (no cycle). It becomes a ``memplan.group`` whose body is the members
+then the reduction; its outputs are every member result read outside it.
+"""
+from __future__ import annotations
+
+from memplan.ir.graph import Graph, Node, Value
+from memplan.ir.regions import GROUP
+
+ROW_REDUCTIONS = frozenset({"aten.native_layer_norm.default", "aten._softmax.default", "aten._log_softmax.default"})
+
+
+def _trailing(node: Node) -> bool:
+    """Does the reduction normalise over trailing dims (the rows a kernel holds)?"""
+    x = node.inputs[0]
+    if node.op == "aten.native_layer_norm.default":
+        return isinstance(node.args[1], (list, tuple))
+    dim = node.args[1] if len(node.args) > 1 else None
+    return isinstance(dim, int) and x.type.rank > 0 and dim % x.type.rank == x.type.rank - 1 and not (
+        len(node.args) > 2 and node.args[2])
+
+
+def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -> list[list[Node]]:
+    """Groups (members in graph order, the reduction last) of row reductions and their prologues."""
+    from memplan.passes.fusion import _pointwise
+
+    explain = {} if explain is None else explain
+    producer = {v.name: n for n in graph.nodes for v in n.outputs}
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    claimed: set[str] = set()
+    groups = []
+    for red in graph.nodes:
+        if red.op not in ROW_REDUCTIONS or not _trailing(red) or not all(v.type.is_static for v in red.inputs):
+            continue
+        shape = tuple(red.inputs[0].type.shape)
+        members: dict[str, Node] = {}
+        frontier = [red.inputs[0]]
+        while frontier:
+            p = producer.get(frontier.pop().name)
+            if p is None or p.name in members or p.name in claimed:
+                continue
+            if _pointwise(p) is not None or tuple(p.outputs[0].type.shape) != shape:
+                continue
+            members[p.name] = p
+            frontier.extend(u for u in p.inputs if tuple(u.type.shape) == shape)
+        if not members:
+            continue
+        group = sorted(members.values(), key=lambda n: position[n.name]) + [red]
+        if _cycle(group, producer, position):  # fall back to the direct producer alone
+            group = [producer[red.inputs[0].name], red]
+            if _cycle(group, producer, position):
+                explain.setdefault(red.name, "its elementwise producer reads a value computed from it outside "
+                                             "the group (a cycle)")
+                continue
+        claimed.update(n.name for n in group)
+        groups.append(group)
+    return groups
+
+
+def _cycle(group: list[Node], producer: dict[str, Node], position: dict[str, int]) -> bool:
+    """Would a region of ``group`` depend on itself (an outside input computed from a member)?"""
+    names = {n.name for n in group}
+    first = min(position[n.name] for n in group)
+    stack = [producer[u.name] for n in group for u in n.inputs
+             if u.name in producer and producer[u.name].name not in names]
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node.name in seen or position[node.name] < first:
+            continue  # made before every member: it cannot read one
+        seen.add(node.name)
+        if node.name in names:
+            return True
+        stack.extend(producer[u.name] for u in node.inputs if u.name in producer)
+    return False
+
+
+def group_reduction(graph: Graph, group: list[Node]) -> Node:
+    """Rewrite ``group`` (members, then the reduction) into one ``memplan.group`` placed at the
+    reduction; return it (the caller reorders the graph topologically)."""
+    made = {v.name for n in group for v in n.outputs}
+    names = {n.name for n in group}
+    inputs = list(dict.fromkeys(u for n in group for u in n.inputs if u.name not in made))
+    read_outside = {v.name for n in graph.nodes if n.name not in names for v in n.inputs}
+    read_outside |= {v.name for v in graph.outputs}
+    outputs = [v for n in group for v in n.outputs if v.name in read_outside]
+    red = group[-1]
+    body = Graph(f"{red.name}_body")
+    env: dict[str, Value] = {u.name: body.add_input(u.name, u.type) for u in inputs}
+    for n in group:
+        results = body.add_node(n.op, _map(n.args, env), _map(n.kwargs, env), [v.type for v in n.outputs],
+                                name=n.name, out_names=[v.name for v in n.outputs], source=n.source,
+                                source_op=n.source_op)
+        env.update({v.name: r for v, r in zip(n.outputs, results)})
+    body.outputs = [env[v.name] for v in outputs]
+    results = graph.add_node(GROUP, tuple(inputs), {}, [v.type for v in outputs], name=f"fused_{red.name}",
+                             out_names=[f"{v.name}_fused" for v in outputs], subgraph=body, before=red,
+                             source=red.source, source_op=" + ".join(_short(n.op) for n in group))
+    for old, new in zip(outputs, results):
+        graph.replace_all_uses(old, new)
+    graph.erase_nodes(group)
+    return results[0].producer
+
+
+def _map(obj, env):
+    from memplan.ir.graph import map_values
+    return map_values(obj, lambda v: env[v.name])
+
+
+def _short(op: str) -> str:
+    parts = op.split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == "aten" else op
