@@ -19,6 +19,10 @@ dimension where it spans it, read whole where it broadcasts over it. Every
 candidate left out, and why, is in the pass log (``memplan lower
 --explain-fusion`` prints it; ``cm.plan.why_not_fused(node)`` answers per node).
 
+On a backend that runs a region as one kernel (``one_kernel_regions``: Triton), groups too small
+to tile become one-trip regions, and a row reduction (layer norm, softmax) takes its elementwise
+prologue in (:mod:`memplan.passes.reduction_groups`).
+
 Choice: option ``fusion``: ``auto`` (default) keeps the fused graph only when
 its planned peak, scheduled and allocated as the rest of the pipeline would
 (heuristic orders on both sides, for time), is below the unfused graph's:

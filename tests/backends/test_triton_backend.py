@@ -499,3 +499,36 @@ def test_cli_emit_triton_writes_kernels_and_launcher(tmp_path):
                           "-o", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "one of them" in bad.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+class ResidualNorm(torch.nn.Module):
+    """add + layer norm (a transformer's residual stream) and scale + mask + softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln = torch.nn.LayerNorm(40)
+
+    def forward(self, x, y, mask):
+        h = x + y * 0.5
+        scores = torch.softmax(self.ln(h) * 0.125 + mask, dim=-1)
+        return scores, h
+
+
+def test_a_row_reduction_takes_its_elementwise_prologue_into_one_kernel():
+    from memplan.ir.regions import GROUP
+    from memplan.profiling import timeline_peak
+    torch.manual_seed(0)
+    model = ResidualNorm().eval()
+    inputs = (torch.randn(3, 17, 40), torch.randn(3, 17, 40), torch.randn(17, 40))
+    cm = memplan.compile(model, inputs, backend="triton", options={"fusion": "on"})
+    groups = [n for n in cm.graph.nodes if n.op == GROUP]
+    assert {g.subgraph.nodes[-1].op for g in groups} == {"aten.native_layer_norm.default", "aten._softmax.default"}
+    kernels = choose_kernels(cm.graph).kernels
+    assert all(g.name in kernels for g in groups)
+    with torch.no_grad():
+        for got, want in zip(cm(*inputs), model(*inputs)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert timeline_peak(cm, *inputs)["activation_peak"] == cm.plan.stats["planned_peak_bytes"]
+    # the PyTorch backend runs ops one by one: it forms no such group
+    plain = memplan.compile(model, inputs, options={"fusion": "on"})
+    assert not any(n.op == GROUP for n in plain.graph.nodes)

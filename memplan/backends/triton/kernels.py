@@ -1,8 +1,9 @@
 """Kernel choice of the Triton backend: which nodes of a planned graph run as Triton kernels.
 
 A node becomes a kernel when a template covers it: an elementwise region (``memplan.loop`` made by
-``fuse``, or ``memplan.group``) whose every body op has a translation (:mod:`.pointwise`), or a
-row reduction (:mod:`.reductions`). Every other node runs as the PyTorch backend runs it (aten,
+``fuse``, or ``memplan.group``) whose every body op has a translation (:mod:`.pointwise`), an
+attention loop (made by ``attention``: one FlashAttention kernel, :mod:`.attention`), or a row
+reduction (:mod:`.reductions`). Every other node runs as the PyTorch backend runs it (aten,
 oneDNN, a region's per-trip PyTorch code). The choice is a function of the node alone, so the
 planner (asking for scratch) and the emitter (printing kernels) always agree on it; the reason a
 region stays on PyTorch is kept for the log.
@@ -12,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memplan.backends.pytorch import identifier
+from memplan.backends.triton.attention import attention_kernel, is_attention
 from memplan.backends.triton.codegen import Kernel, NotTranslatable, comment_lines
 from memplan.backends.triton.pointwise import HELPER_SOURCE, pointwise_kernel
-from memplan.backends.triton.reductions import REDUCTIONS
+from memplan.backends.triton.reductions import REDUCTIONS, group_reduction_kernel
 from memplan.ir.graph import Graph, Node
-from memplan.ir.regions import REGION_OPS
+from memplan.ir.regions import GROUP, REGION_OPS
 
 
 @dataclass
@@ -31,7 +33,12 @@ class KernelChoice:
         """One line for the compile log: what runs as kernels, and each region left to PyTorch and why."""
         count: dict[str, int] = {}
         for k in self.kernels.values():
-            kind = "pointwise" if k.node.op in REGION_OPS else k.node.op.split(".")[1].lstrip("_")
+            if is_attention(k.node):
+                kind = "attention"
+            elif k.node.op in REGION_OPS:
+                kind = "pointwise"
+            else:
+                kind = k.node.op.split(".")[1].lstrip("_")
             count[kind] = count.get(kind, 0) + 1
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(count.items()))
         lines = [f"triton: {len(self.kernels)} kernels ({kinds or 'none'})"]
@@ -42,6 +49,11 @@ class KernelChoice:
 def kernel_for(node: Node, name: str, canonical: bool = False) -> Kernel:
     """The kernel of ``node`` named ``name``; :class:`NotTranslatable` (with the reason) if no template
     covers it. ``canonical``: its locals named by position, not after IR values (to compare kernels)."""
+    if is_attention(node):
+        return attention_kernel(node, name, canonical)
+    if node.op == GROUP and node.subgraph is not None and node.subgraph.nodes and \
+            node.subgraph.nodes[-1].op in REDUCTIONS:  # a row reduction after its elementwise prologue
+        return group_reduction_kernel(node, name)
     if node.op in REGION_OPS:
         return pointwise_kernel(node, name, canonical)
     template = REDUCTIONS.get(node.op)
