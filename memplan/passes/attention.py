@@ -385,7 +385,7 @@ def _mask_recipe(mask: Value, lq: int, users: dict):
     ids, a padding mask: transformers builds its causal mask so, an L x L bool), read only by
     attention; each value's query dim follows the mask's by broadcasting."""
     from memplan.ir.ops import OpKind, lookup
-    from memplan.passes.fusion import _pointwise
+    from memplan.passes.fusable import why_not_pointwise
 
     if mask.type.rank < 2 or int(mask.type.shape[-2]) != lq or lq < 2 or not mask.type.is_static:
         return None
@@ -409,7 +409,7 @@ def _mask_recipe(mask: Value, lq: int, users: dict):
         node = v.producer
         if node is None or len(node.outputs) != 1:
             return None
-        if node.op not in _MASK_VIEWS and (_pointwise(node) is not None
+        if node.op not in _MASK_VIEWS and (why_not_pointwise(node) is not None
                                            or lookup(node.op, node=node.name).kind not in (OpKind.ELEMENTWISE,
                                                                                            OpKind.BROADCAST)):
             return None
@@ -604,10 +604,12 @@ def _short(op: str) -> str:
 
 
 def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[str, str] | None = None,
-                   min_rows: int = 1, shrink: int = 0, whole: list | None = None) -> list[Node]:
+                   min_rows: int = 1, shrink: int = 0, whole: list | None = None,
+                   one_trip: bool = False) -> list[Node]:
     """Tile every attention :func:`find_sites` finds; return the loop nodes made. Blocks are as
     :func:`_block_rows` chooses, divided by ``2 ** shrink`` (to meet a budget); ``whole`` collects the
-    attentions left whole because one block held all their queries."""
+    attentions left whole because one block held all their queries (``one_trip``: those become a
+    one-trip loop, for a backend that runs the loop as one kernel)."""
     from memplan.analysis.strides import eager_strides
 
     explain = {} if explain is None else explain
@@ -622,7 +624,7 @@ def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[s
         lq = int(site.q.type.shape[-2])
         rows = _block_rows(site, block_bytes, min_rows)
         rows = divisor_at_most(lq, rows >> shrink) if shrink else rows
-        if rows == lq:
+        if rows == lq and not one_trip:
             explain.setdefault(site.anchor.name, f"attention not tiled: one block holds all its {lq} queries "
                                                  f"(attention_block_bytes {block_bytes} B, attention_min_rows "
                                                  f"{min_rows})")
@@ -659,11 +661,13 @@ def attention(graph, ctx):
     explain: dict[str, str] = {}
     plain = None
     budget = ctx.memory_budget
+    one_trip = bool(getattr(ctx.get_backend(), "one_kernel_regions", False))  # a loop is one kernel there
     shrink, trial, loops, peaks = 0, graph, [], None
     while True:  # blocks as the options say; halved while the budget is not met and blocks can shrink
         attempt = graph.copy()
         whole: list[str] = []
-        made = tile_attention(attempt, block_bytes, explain if shrink == 0 else {}, min_rows, shrink, whole)
+        made = tile_attention(attempt, block_bytes, explain if shrink == 0 else {}, min_rows, shrink, whole,
+                              one_trip=one_trip and shrink == 0)
         if not made:
             if budget is None or not whole or shrink > 32:
                 break

@@ -38,16 +38,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from memplan.ir.graph import Graph, Node, Value, map_values
-from memplan.ir.ops import OpKind, lookup
 from memplan.ir.regions import LOOP
 from memplan.ir.types import TensorType
 from memplan.ir.types import itemsize as _itemsize
+from memplan.passes.fusable import why_not_pointwise
+from memplan.passes.reduction_groups import find_reduction_groups, group_reduction
 from memplan.passes.registry import register_pass
 
-_KINDS = (OpKind.ELEMENTWISE, OpKind.BROADCAST)
-_COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy", "contiguous"}
-_RANDOM = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "poisson", "exponential")
-_NOT_TRAILING = {"prelu", "_prelu_kernel"}  # broadcast along dim 1, not by trailing alignment
 TILE_BYTES = 64 * 1024
 
 
@@ -65,25 +62,6 @@ class Group:
     members: list[Node]
 
 
-def _pointwise(node: Node) -> str | None:
-    """Why ``node`` cannot be a member (None: it can)."""
-    if node.subgraph is not None or len(node.outputs) != 1 or node.reuses is not None:
-        return "not a single-output plain op"
-    opdef = lookup(node.op, node=node.name)
-    short = node.op.split(".")[1] if node.op.startswith("aten.") else node.op
-    if opdef.kind not in _KINDS:
-        return f"{opdef.kind.value} op (only elementwise and broadcast ops fuse)"
-    if opdef.view or short in _COPIES:
-        return "a view or a copy"
-    if short in _NOT_TRAILING:
-        return "its operands broadcast along dim 1, not by trailing alignment"
-    if any(word in short for word in _RANDOM):
-        return "a random op"
-    if not node.outputs[0].type.is_static or not all(v.type.is_static for v in node.inputs):
-        return "symbolic shapes"
-    return None
-
-
 def find_groups(graph: Graph, explain: dict[str, str] | None = None) -> list[Group]:
     """Groups of two or more pointwise nodes, in graph order, that can run as one loop."""
     explain = {} if explain is None else explain
@@ -97,7 +75,7 @@ def find_groups(graph: Graph, explain: dict[str, str] | None = None) -> list[Gro
     for node in graph.nodes:
         inputs = list(dict.fromkeys(node.inputs))
         depends = empty.union(*(deps.get(v.name, empty) for v in inputs))
-        why = _pointwise(node)
+        why = why_not_pointwise(node)
         if why is not None:
             explain.setdefault(node.name, why)
             for v in node.outputs:
@@ -298,7 +276,6 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
 
     loops = []
     if one_trip:  # one kernel per region: a row reduction takes its elementwise prologue in
-        from memplan.passes.reduction_groups import find_reduction_groups, group_reduction
         loops += [group_reduction(graph, group) for group in find_reduction_groups(graph, explain)]
         if loops:
             _topological(graph)

@@ -10,7 +10,7 @@ forms these regions only for one-kernel backends.
 
 A group: a ``native_layer_norm``, ``_softmax`` or ``_log_softmax`` (over trailing dims), and the
 elementwise and broadcast nodes of the reduced input's shape that produce its input, walking back
-from it (:func:`memplan.passes.fusion._pointwise` decides who may join), none of whose outside
+from it (:func:`memplan.passes.fusable.why_not_pointwise` decides who may join), none of whose outside
 inputs depends on a member (no cycle). It becomes a ``memplan.group`` whose body is the members
 then the reduction; its outputs are every member result read outside it.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from memplan.ir.graph import Graph, Node, Value
 from memplan.ir.regions import GROUP
+from memplan.passes.fusable import why_not_pointwise
 
 ROW_REDUCTIONS = frozenset({"aten.native_layer_norm.default", "aten._softmax.default", "aten._log_softmax.default"})
 
@@ -34,8 +35,6 @@ def _trailing(node: Node) -> bool:
 
 def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -> list[list[Node]]:
     """Groups (members in graph order, the reduction last) of row reductions and their prologues."""
-    from memplan.passes.fusion import _pointwise
-
     explain = {} if explain is None else explain
     producer = {v.name: n for n in graph.nodes for v in n.outputs}
     position = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -51,7 +50,7 @@ def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -
             p = producer.get(frontier.pop().name)
             if p is None or p.name in members or p.name in claimed:
                 continue
-            if _pointwise(p) is not None or tuple(p.outputs[0].type.shape) != shape:
+            if why_not_pointwise(p) is not None or tuple(p.outputs[0].type.shape) != shape:
                 continue
             members[p.name] = p
             frontier.extend(u for u in p.inputs if tuple(u.type.shape) == shape)

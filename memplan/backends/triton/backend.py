@@ -8,7 +8,8 @@ from memplan.ir.graph import Graph
 
 
 class TritonBackend:
-    """Triton kernels for fused elementwise regions and row reductions, aten for the rest.
+    """Triton kernels for fused elementwise regions, row reductions (with their prologue) and attention
+    loops (FlashAttention), aten for the rest.
 
     - ``legalize`` and ``writes_into``: the PyTorch backend's (the nodes left to aten run as it
       runs them; a Triton kernel writes into any buffer it is given);

@@ -29,7 +29,7 @@ def compute_dtype(dtype: str) -> str:
     return "f32" if dtype in ("f16", "bf16") else dtype
 
 
-class _Body:
+class Body:
     """The statements of a kernel body being built: each value's local name and dtype, casts made."""
 
     def __init__(self, names: KernelNames):
@@ -61,7 +61,7 @@ class _Body:
 class _Op:
     """One body node as its translation sees it: operands (in the compute dtype by default), options."""
 
-    def __init__(self, node: Node, body: _Body):
+    def __init__(self, node: Node, body: Body):
         self.node, self.body = node, body
         self.rdt = node.outputs[0].type.dtype
         self.cdt = compute_dtype(self.rdt)
@@ -338,7 +338,7 @@ TRANSLATIONS = {
 }
 
 
-def translate(node: Node, body: _Body) -> str:
+def translate(node: Node, body: Body) -> str:
     """The Triton expression of one body node (its operands already in ``body``)."""
     parts = node.op.split(".")
     if len(parts) != 3 or parts[0] != "aten" or parts[1] not in TRANSLATIONS:
@@ -398,7 +398,7 @@ def pointwise_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     size = {d: names.unique(f"size{d}") for d in dims[1:]}
     idx = {d: names.unique(f"i{d}") for d in dims}
     indices = decompose("offsets", dims, size, idx)
-    body = _Body(names)
+    body = Body(names)
     pointers, strides, stride_args, loads = [], [], [], []
     tensors: list[Arg] = []
     for outer, inner in zip(node.args, body_graph.inputs):

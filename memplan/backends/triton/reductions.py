@@ -116,9 +116,9 @@ class _Rows:
         if self.outer_in is None or self.x.name in self.outer_in:
             where = self.tensor(self.x, everywhere, "x")
             return [f"{x} = tl.load({where}, mask=mask, other=0.0).to({tl_dtype(self.dtype)})"], x
-        from memplan.backends.triton.pointwise import _Body, translate
+        from memplan.backends.triton.pointwise import Body, translate
 
-        body = _Body(self.names)
+        body = Body(self.names)
         lines = []
         prologue = self.node.subgraph.nodes[:-1]
         for b in dict.fromkeys(u for m in prologue for u in m.inputs if u.name in self.outer_in):

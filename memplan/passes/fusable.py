@@ -1,0 +1,33 @@
+"""Which nodes may join a fused region: the lowest rung of TVM's lattice (elementwise and broadcast ops).
+
+Shared by ``fuse`` (elementwise chains), the reduction groups (a row reduction's prologue) and
+``attention`` (a mask recomputed per query block): one rule, one place.
+"""
+from __future__ import annotations
+
+from memplan.ir.graph import Node
+from memplan.ir.ops import OpKind, lookup
+
+_KINDS = (OpKind.ELEMENTWISE, OpKind.BROADCAST)
+_COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy", "contiguous"}
+_RANDOM = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "poisson", "exponential")
+_NOT_TRAILING = {"prelu", "_prelu_kernel"}  # broadcast along dim 1, not by trailing alignment
+
+
+def why_not_pointwise(node: Node) -> str | None:
+    """Why ``node`` cannot be a member of an elementwise region (None: it can)."""
+    if node.subgraph is not None or len(node.outputs) != 1 or node.reuses is not None:
+        return "not a single-output plain op"
+    opdef = lookup(node.op, node=node.name)
+    short = node.op.split(".")[1] if node.op.startswith("aten.") else node.op
+    if opdef.kind not in _KINDS:
+        return f"{opdef.kind.value} op (only elementwise and broadcast ops fuse)"
+    if opdef.view or short in _COPIES:
+        return "a view or a copy"
+    if short in _NOT_TRAILING:
+        return "its operands broadcast along dim 1, not by trailing alignment"
+    if any(word in short for word in _RANDOM):
+        return "a random op"
+    if not node.outputs[0].type.is_static or not all(v.type.is_static for v in node.inputs):
+        return "symbolic shapes"
+    return None
