@@ -624,7 +624,9 @@ def tile_attention(graph: Graph, block_bytes: int = BLOCK_BYTES, explain: dict[s
         lq = int(site.q.type.shape[-2])
         rows = _block_rows(site, block_bytes, min_rows)
         rows = divisor_at_most(lq, rows >> shrink) if shrink else rows
-        if rows == lq and not one_trip:
+        # a matmul-softmax site gains even whole (its scores are never materialised); an SDPA one only
+        # where a loop is one kernel
+        if rows == lq and not (one_trip or site.k_transposed):
             explain.setdefault(site.anchor.name, f"attention not tiled: one block holds all its {lq} queries "
                                                  f"(attention_block_bytes {block_bytes} B, attention_min_rows "
                                                  f"{min_rows})")
