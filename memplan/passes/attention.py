@@ -321,6 +321,8 @@ def _static(site: Site) -> str:
         return "symbolic shapes"
     if site.q.type.rank < 3:
         return "a query of rank below 3"
+    if any(m.type.rank < 2 for m in site.masks):
+        return "a mask or bias of rank below 2 (not a [..., Lq, Lk] mask)"
     if site.out.type.rank != site.q.type.rank or any(m.type.rank > site.q.type.rank for m in site.masks):
         return "a mask or an output of higher rank than the query (the batch dims broadcast)"
     if any(m.type.dtype not in (site.q.type.dtype, "bool") for m in site.masks):
