@@ -35,6 +35,8 @@ class KernelChoice:
         for k in self.kernels.values():
             if is_attention(k.node):
                 kind = "attention"
+            elif k.node.op == GROUP and k.node.subgraph.nodes and k.node.subgraph.nodes[-1].op in REDUCTIONS:
+                kind = k.node.subgraph.nodes[-1].op.split(".")[1].lstrip("_") + " with its prologue"
             elif k.node.op in REGION_OPS:
                 kind = "pointwise"
             else:
