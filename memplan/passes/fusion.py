@@ -20,8 +20,9 @@ candidate left out, and why, is in the pass log (``memplan lower
 --explain-fusion`` prints it; ``cm.plan.why_not_fused(node)`` answers per node).
 
 On a backend that runs a region as one kernel (``one_kernel_regions``: Triton), groups too small
-to tile become one-trip regions, and a row reduction (layer norm, softmax) takes its elementwise
-prologue in (:mod:`memplan.passes.reduction_groups`).
+to tile become one-trip regions, a row reduction (layer norm, softmax) takes its elementwise
+prologue in (:mod:`memplan.passes.reduction_groups`) and a matrix product its elementwise epilogue
+(:mod:`memplan.passes.matmul_groups`).
 
 Choice: option ``fusion``: ``auto`` (default) keeps the fused graph only when
 its planned peak, scheduled and allocated as the rest of the pipeline would
@@ -42,6 +43,7 @@ from memplan.ir.regions import LOOP
 from memplan.ir.types import TensorType
 from memplan.ir.types import itemsize as _itemsize
 from memplan.passes.fusable import why_not_pointwise
+from memplan.passes.matmul_groups import find_matmul_groups
 from memplan.passes.reduction_groups import find_reduction_groups, group_reduction
 from memplan.passes.registry import register_pass
 
@@ -275,10 +277,16 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
     from memplan.analysis.strides import contiguous_strides, eager_strides, same_layout
 
     loops = []
-    if one_trip:  # one kernel per region: a row reduction takes its elementwise prologue in
+    if one_trip:  # one kernel per region: a row reduction takes its elementwise prologue in, a
+        # matrix product its epilogue
         loops += [group_reduction(graph, group) for group in find_reduction_groups(graph, explain)]
         if loops:
             _topological(graph)
+        products = [group_reduction(graph, group, f"fused_{group[0].name}")
+                    for group in find_matmul_groups(graph, explain)]
+        if products:
+            _topological(graph)
+        loops += products
     groups = find_groups(graph, explain)
     strides = eager_strides(graph) if groups else {}
     for group in groups:

@@ -10,7 +10,7 @@ forms these regions only for one-kernel backends.
 
 A group: a ``native_layer_norm``, ``_softmax`` or ``_log_softmax`` (over trailing dims), and the
 elementwise and broadcast nodes of the reduced input's shape that produce its input, walking back
-from it (:func:`memplan.passes.fusable.why_not_pointwise` decides who may join), none of whose outside
+from it (and embedding lookups whose table rows are the rows reduced: :func:`is_row_gather`) (:func:`memplan.passes.fusable.why_not_pointwise` decides who may join), none of whose outside
 inputs depends on a member (no cycle). It becomes a ``memplan.group`` whose body is the members
 then the reduction; its outputs are every member result read outside it.
 """
@@ -33,6 +33,26 @@ def _trailing(node: Node) -> bool:
         len(node.args) > 2 and node.args[2])
 
 
+def is_row_gather(node: Node, shape: tuple) -> bool:
+    """Is ``node`` an ``aten.embedding`` whose rows are the reduction's rows: a ``[V, D]`` table
+    gathered by integer indices of the row dims, ``D`` the last dim of ``shape`` (an embedding
+    lookup feeding layer norm, as BERT and GPT-2 begin)?"""
+    if node.op != "aten.embedding.default" or len(node.outputs) != 1 or len(node.args) < 2:
+        return False
+    table, ids = node.args[0], node.args[1]
+    if not all(v.type.is_static for v in (table, ids)) or table.type.rank != 2:
+        return False
+    return (ids.type.dtype in ("i64", "i32") and tuple(ids.type.shape) == tuple(shape[:-1])
+            and int(table.type.shape[1]) == int(shape[-1]))
+
+
+def _last_dim_only(red: Node) -> bool:
+    """Does the reduction reduce the last dim alone (the rows a gathered table row fills)?"""
+    if red.op == "aten.native_layer_norm.default":
+        return len(red.args[1]) == 1
+    return True
+
+
 def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -> list[list[Node]]:
     """Groups (members in graph order, the reduction last) of row reductions and their prologues."""
     explain = {} if explain is None else explain
@@ -50,7 +70,12 @@ def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -
             p = producer.get(frontier.pop().name)
             if p is None or p.name in members or p.name in claimed:
                 continue
-            if why_not_pointwise(p) is not None or tuple(p.outputs[0].type.shape) != shape:
+            if tuple(p.outputs[0].type.shape) != shape:
+                continue
+            if is_row_gather(p, shape) and _last_dim_only(red):
+                members[p.name] = p  # its table and indices are read from outside the group
+                continue
+            if why_not_pointwise(p) is not None:
                 continue
             members[p.name] = p
             frontier.extend(u for u in p.inputs if tuple(u.type.shape) == shape)
@@ -86,9 +111,10 @@ def _cycle(group: list[Node], producer: dict[str, Node], position: dict[str, int
     return False
 
 
-def group_reduction(graph: Graph, group: list[Node]) -> Node:
-    """Rewrite ``group`` (members, then the reduction) into one ``memplan.group`` placed at the
-    reduction; return it (the caller reorders the graph topologically)."""
+def group_reduction(graph: Graph, group: list[Node], name: str | None = None) -> Node:
+    """Rewrite ``group`` (members in graph order: a reduction last, or a matrix product first) into
+    one ``memplan.group`` placed at its last member, named ``name`` (``fused_<last member>`` by
+    default); return it (the caller reorders the graph topologically)."""
     made = {v.name for n in group for v in n.outputs}
     names = {n.name for n in group}
     inputs = list(dict.fromkeys(u for n in group for u in n.inputs if u.name not in made))
@@ -104,7 +130,7 @@ def group_reduction(graph: Graph, group: list[Node]) -> Node:
                                 source_op=n.source_op)
         env.update({v.name: r for v, r in zip(n.outputs, results)})
     body.outputs = [env[v.name] for v in outputs]
-    results = graph.add_node(GROUP, tuple(inputs), {}, [v.type for v in outputs], name=f"fused_{red.name}",
+    results = graph.add_node(GROUP, tuple(inputs), {}, [v.type for v in outputs], name=name or f"fused_{red.name}",
                              out_names=[f"{v.name}_fused" for v in outputs], subgraph=body, before=red,
                              source=red.source, source_op=" + ".join(_short(n.op) for n in group))
     for old, new in zip(outputs, results):

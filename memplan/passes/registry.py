@@ -95,5 +95,5 @@ class PassContext:
         return self.backend
 
 
-DEFAULT_PIPELINE = ["verify", "fold_batchnorm", "legalize", "canonicalize", "lower_conv", "attention",
-                    "fuse", "inplace", "schedule", "allocate", "verify_plan"]
+DEFAULT_PIPELINE = ["verify", "fold_batchnorm", "legalize", "canonicalize", "fold_constants", "lower_conv",
+                    "attention", "fuse", "inplace", "schedule", "allocate", "verify_plan"]

@@ -21,6 +21,7 @@ from memplan import zoo
 from memplan.backends.base import get_backend
 from memplan.backends.triton import TritonBackend, emit_triton, load_triton
 from memplan.backends.triton.kernels import choose_kernels
+from memplan.backends.triton.matmul import is_matmul_group
 from memplan.ir import Graph, TensorType
 from memplan.ir.interpret import run_graph
 from memplan.ir.parser import parse
@@ -333,11 +334,14 @@ def test_gpt2_matches_eager():
     ops = {k.node.op for k in kernels.values()}
     assert ops >= {"memplan.loop", "memplan.group"}
     # each layer norm runs with its residual add as one kernel (a group: the add, then the norm)
-    norms = [k for k in kernels.values() if k.node.op == "memplan.group"]
-    assert norms and all(k.node.subgraph.nodes[-1].op == "aten.native_layer_norm.default" for k in norms)
-    assert any(k.node.reuses is not None for k in kernels.values()), "the gelu loop writes over its input"
+    groups = [k for k in kernels.values() if k.node.op == "memplan.group"]
+    norms = [k for k in groups if k.node.subgraph.nodes[-1].op == "aten.native_layer_norm.default"]
+    assert norms and any(n.op == "aten.add.Tensor" for k in norms for n in k.node.subgraph.nodes)
+    # the MLP's first product runs with its gelu as one kernel
+    products = [k for k in groups if is_matmul_group(k.node)]
+    assert products and all(any(n.op == "aten.tanh.default" for n in k.node.subgraph.nodes) for k in products)
     assert all(k.node.scratch == 0 for k in kernels.values()), "a kernel needs no scratch"
-    # nodes with the same kernel code launch one function (the two gelu loops)
+    # nodes with the same kernel code launch one function (the two layers' products)
     functions = {k.name for k in kernels.values()}
     assert len(functions) < len(kernels)
     assert cm.source.count("\n@triton.jit\n") == len(functions) + 1  # and the tanh helper

@@ -99,6 +99,10 @@ class Kernel:
     summary: str
     covers: list[str]
     helpers: set[str] = field(default_factory=set)
+    # (an index tensor the kernel gathers by, the exclusive bound of its values): checked before the
+    # launch, so an index out of range is an IndexError as in eager (the kernel's loads are masked
+    # to the table anyway: it never reads outside it)
+    index_checks: list[tuple[Value, int]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple:
@@ -114,7 +118,14 @@ class Kernel:
 
     def launch(self, names, comment: str) -> list[str]:
         """The launcher lines that launch it over its grid (``comment`` on the first)."""
-        lines = [f"{self.name}[({self.programs},)](  {comment.lstrip()}"]
+        lines = []
+        for v, bound in self.index_checks:
+            x = names(v)
+            message = comment_text(f"index out of range: the indices %{v.name} of node {self.node.name} must lie "
+                                   f"in [0, {bound})")
+            lines += [f"if {x}.numel() and not (0 <= int({x}.min()) and int({x}.max()) < {bound}):",
+                      f"    raise IndexError({message!r})"]
+        lines.append(f"{self.name}[({self.programs},)](  {comment.lstrip()}")
         groups = [", ".join(a.render(names) for a in group) for group in self.args if group]
         for i, text in enumerate(groups):
             lines.append(f"    {text}{')' if i == len(groups) - 1 else ','}")

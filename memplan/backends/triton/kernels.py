@@ -2,8 +2,8 @@
 
 A node becomes a kernel when a template covers it: an elementwise region (``memplan.loop`` made by
 ``fuse``, or ``memplan.group``) whose every body op has a translation (:mod:`.pointwise`), an
-attention loop (made by ``attention``: one FlashAttention kernel, :mod:`.attention`), or a row
-reduction (:mod:`.reductions`). Every other node runs as the PyTorch backend runs it (aten,
+attention loop (made by ``attention``: one FlashAttention kernel, :mod:`.attention`), a matrix
+product with its epilogue (:mod:`.matmul`), or a row reduction (:mod:`.reductions`). Every other node runs as the PyTorch backend runs it (aten,
 oneDNN, a region's per-trip PyTorch code). The choice is a function of the node alone, so the
 planner (asking for scratch) and the emitter (printing kernels) always agree on it; the reason a
 region stays on PyTorch is kept for the log.
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from memplan.backends.pytorch import identifier
 from memplan.backends.triton.attention import attention_kernel, is_attention
 from memplan.backends.triton.codegen import Kernel, NotTranslatable, comment_lines
+from memplan.backends.triton.matmul import is_matmul_group, matmul_kernel
 from memplan.backends.triton.pointwise import HELPER_SOURCE, pointwise_kernel
 from memplan.backends.triton.reductions import REDUCTIONS, group_reduction_kernel
 from memplan.ir.graph import Graph, Node
@@ -35,6 +36,8 @@ class KernelChoice:
         for k in self.kernels.values():
             if is_attention(k.node):
                 kind = "attention"
+            elif is_matmul_group(k.node):
+                kind = "matmul with its epilogue"
             elif k.node.op == GROUP and k.node.subgraph.nodes and k.node.subgraph.nodes[-1].op in REDUCTIONS:
                 kind = k.node.subgraph.nodes[-1].op.split(".")[1].lstrip("_") + " with its prologue"
             elif k.node.op in REGION_OPS:
@@ -53,6 +56,8 @@ def kernel_for(node: Node, name: str, canonical: bool = False) -> Kernel:
     covers it. ``canonical``: its locals named by position, not after IR values (to compare kernels)."""
     if is_attention(node):
         return attention_kernel(node, name, canonical)
+    if is_matmul_group(node):  # a matrix product with its elementwise epilogue
+        return matmul_kernel(node, name, canonical)
     if node.op == GROUP and node.subgraph is not None and node.subgraph.nodes and \
             node.subgraph.nodes[-1].op in REDUCTIONS:  # a row reduction after its elementwise prologue
         return group_reduction_kernel(node, name)

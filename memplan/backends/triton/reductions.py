@@ -67,6 +67,7 @@ class _Rows:
         self.tensors: list[Arg] = []
         self.stride_args: list[Arg] = []
         self.dtype = "f64" if x.type.dtype == "f64" else "f32"  # the accumulation dtype
+        self.index_checks: list[tuple[Value, int]] = []
 
     def tensor(self, v: Value, dims: dict[int, int], role: str) -> str:
         """Take ``v`` as a kernel argument named for its ``role`` (a pointer, and a stride per entry of
@@ -105,7 +106,8 @@ class _Rows:
             summary += f"; %{comment_text(self.node.name)}'s elementwise prologue computed in registers"
         else:
             covers = node_comment(self.node)
-        return Kernel(name, self.node, params, body, programs, args, summary, covers, self.helpers)
+        return Kernel(name, self.node, params, body, programs, args, summary, covers, self.helpers,
+                      self.index_checks)
 
     def load_x(self) -> tuple[list[str], str]:
         """(the lines loading the input's rows in the accumulation dtype, the local holding them):
@@ -121,7 +123,10 @@ class _Rows:
         body = Body(self.names)
         lines = []
         prologue = self.node.subgraph.nodes[:-1]
-        for b in dict.fromkeys(u for m in prologue for u in m.inputs if u.name in self.outer_in):
+        gathers = [m for m in prologue if m.op == "aten.embedding.default"]
+        for m in gathers:
+            lines += self.gather(m, body)
+        for b in dict.fromkeys(u for m in prologue if m not in gathers for u in m.inputs if u.name in self.outer_in):
             outer = self.outer_in[b.name]
             local = self.names(b)
             spans = aligned_dims(outer, self.shape, self.row_dims + self.col_dims)
@@ -134,6 +139,8 @@ class _Rows:
                 lines.append(f"{local} = tl.load({pointer})")
             body.env[b.name] = (local, b.type.dtype)
         for m in prologue:
+            if m in gathers:
+                continue
             local = self.names(m.outputs[0])
             body.lines.append(f"{local} = {translate(m, body)}  # {comment_text(m.op)}")
             body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
@@ -143,6 +150,34 @@ class _Rows:
         lines += body.lines + [line for line in stores if line]
         lines.append(f"{x} = tl.where(mask, {body.local(self.x, self.dtype)}, 0.0)")
         return lines, x
+
+    def gather(self, m: Node, body) -> list[str]:
+        """The lines computing an ``aten.embedding`` member: each row's index loaded, the table row it
+        names loaded (masked to the table: an index out of range reads nothing; the launcher checks
+        the indices first, as eager's ``IndexError``)."""
+        table, ids = m.args[0], m.args[1]
+        if table.name not in self.outer_in or ids.name not in self.outer_in or len(self.col_dims) != 1 \
+                or self.col_dims[0] != len(self.shape) - 1:
+            raise NotTranslatable("an embedding whose table or indices are computed in the group")
+        n = self.names
+        local = n(m.outputs[0])
+        index = n.unique(f"{local}_index")
+        at = self.tensor(ids, {d: d for d in self.row_dims}, index)
+        pointer = n.unique(f"{local}_table_ptr")
+        strides = [n.unique(f"{local}_table_stride{d}") for d in (0, 1)]
+        self.pointers.append(pointer)
+        self.tensors.append(Arg("tensor", self.outer_in[table.name]))
+        self.strides += strides
+        self.stride_args += [Arg("stride", self.outer_in[table.name], d) for d in (0, 1)]
+        rows = int(table.type.shape[0])
+        valid = n.unique(f"{local}_valid")
+        body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
+        self.index_checks.append((self.outer_in[ids.name], rows))
+        column = self.idx[self.col_dims[0]]
+        return [f"{index} = tl.load({at}, mask=row_mask, other=0)  # {comment_text(m.op)}: one table row per row",
+                f"{valid} = ({index} >= 0) & ({index} < {rows})",
+                f"{local} = tl.load({pointer} + {index} * {strides[0]} + {column} * {strides[1]}, "
+                f"mask=mask & {valid}, other=0.0)"]
 
     def store(self, v: Value, role: str, value: str, dims: dict[int, int], mask: str) -> str:
         """The line storing ``value`` into ``v`` (dims: dim of the input -> dim of ``v``); nothing
