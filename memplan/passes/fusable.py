@@ -31,3 +31,10 @@ def why_not_pointwise(node: Node) -> str | None:
     if not node.outputs[0].type.is_static or not all(v.type.is_static for v in node.inputs):
         return "symbolic shapes"
     return None
+
+
+def broadcasts_to(v, shape) -> bool:
+    """Does value ``v`` broadcast to ``shape`` (trailing dims aligned, each of its extent or 1)?"""
+    vs = [int(d) for d in v.type.shape]
+    lead = len(shape) - len(vs)
+    return lead >= 0 and all(e in (1, int(shape[k + lead])) for k, e in enumerate(vs))

@@ -270,29 +270,39 @@ def _topological(graph: Graph) -> None:
     graph.reorder(order)
 
 
+KINDS = ("reductions", "products", "pointwise")
+
+
 def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, str] | None = None,
-               one_trip: bool = False) -> list[Node]:
+               one_trip: bool = False, kinds: tuple[str, ...] = KINDS) -> list[Node]:
     """Fuse every group :func:`find_groups` finds; return the loop nodes made (``one_trip``: also
-    groups too small to tile, as one trip, for a backend that runs a region as one kernel)."""
+    groups too small to tile, as one trip, for a backend that runs a region as one kernel, and row
+    reductions with their prologue, products with their epilogue; ``kinds``: which of those three
+    kinds of region to form)."""
     from memplan.analysis.strides import contiguous_strides, eager_strides, same_layout
 
     loops = []
-    if one_trip:  # one kernel per region: a row reduction takes its elementwise prologue in, a
-        # matrix product its epilogue
+    if one_trip and "reductions" in kinds:  # one kernel per region: a row reduction takes its
+        # elementwise prologue in, a matrix product its epilogue
         loops += [group_reduction(graph, group) for group in find_reduction_groups(graph, explain)]
         if loops:
             _topological(graph)
+    if one_trip and "products" in kinds:
         products = [group_reduction(graph, group, f"fused_{group[0].name}")
                     for group in find_matmul_groups(graph, explain)]
         if products:
             _topological(graph)
         loops += products
+    if "pointwise" not in kinds:
+        return loops
     groups = find_groups(graph, explain)
     strides = eager_strides(graph) if groups else {}
+    readers = graph.users() if groups and one_trip else {}
     for group in groups:
         _, outputs = _boundary(graph, group)
         odd = [v for v in outputs if not same_layout(v.type.shape, strides.get(v.name),
-                                                     contiguous_strides(v.type.shape))]
+                                                     contiguous_strides(v.type.shape))
+               and not (one_trip and _read_through_strides(v, readers, graph))]
         if odd:  # a loop writes dense row-major buffers; a later view may rely on eager's layout
             if explain is not None:
                 for m in group.members:
@@ -309,6 +319,17 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
     if loops:
         _topological(graph)
     return loops
+
+
+def _read_through_strides(v: Value, readers: dict, graph: Graph) -> bool:
+    """Is ``v`` read only by attention loops (which read q, k and v through their strides and lay
+    their output out as eager's, whatever q's layout), never a graph output? Then it may be laid
+    out row-major where eager lays it out otherwise (rotary embeddings on transposed heads)."""
+    if v.name in {o.name for o in graph.outputs}:
+        return False
+    users = readers.get(v.name, [])
+    return bool(users) and all(u.op == LOOP and u.subgraph is not None and any(
+        m.op == "aten.scaled_dot_product_attention.default" for m in u.subgraph.nodes) for u in users)
 
 
 @register_pass("fuse", options=FuseOptions, produces=("regions",))
@@ -335,6 +356,15 @@ def fuse(graph, ctx):
         return graph
     plain_peak = _planned_peak(graph, ctx)
     fused_peak = _planned_peak(trial, ctx)
+    if one_trip and not better_plan(ctx, (fused_peak, trial), (plain_peak, graph)):
+        # every kind of region at once raised the peak: try each kind alone (the regions of one
+        # kind can lengthen what another kind's inputs live), keep the best
+        for kinds in (("reductions", "products"), ("reductions",), ("products",), ("pointwise",)):
+            other = graph.copy()
+            made = fuse_graph(other, tile_bytes, {}, one_trip, kinds)
+            peak = _planned_peak(other, ctx) if made else None
+            if made and better_plan(ctx, (peak, other), (fused_peak, trial)):
+                trial, loops, fused_peak = other, made, peak
     if better_plan(ctx, (fused_peak, trial), (plain_peak, graph)):
         _adopt(graph, trial)
         _record(ctx, graph, loops, explain, (fused_peak, plain_peak))

@@ -20,17 +20,12 @@ from __future__ import annotations
 import math
 
 from memplan.ir.graph import Graph, Node
-from memplan.passes.fusable import why_not_pointwise
+from memplan.passes.fusable import broadcasts_to, why_not_pointwise
 
 MATMULS = frozenset({"aten.mm.default", "aten.addmm.default"})
 _FLOATS = frozenset({"f32", "f16", "bf16"})
 WINDOW = 64  # nodes after the product searched for its epilogue
 
-
-def _broadcasts(v, shape) -> bool:
-    vs = [int(d) for d in v.type.shape]
-    lead = len(shape) - len(vs)
-    return lead >= 0 and all(e in (1, shape[k + lead]) for k, e in enumerate(vs))
 
 
 def _row_view(node: Node, rows: int, cols: int) -> bool:
@@ -91,7 +86,7 @@ def find_matmul_groups(graph: Graph, explain: dict[str, str] | None = None,
                 continue
             joins = (node.name not in claimed and why_not_pointwise(node) is None and reads & made
                      and not reads & tainted and tuple(int(d) for d in node.outputs[0].type.shape) == shape
-                     and all(_broadcasts(v, shape) for v in node.inputs))
+                     and all(broadcasts_to(v, shape) for v in node.inputs))
             if joins:
                 epilogue.append(node)
                 made.update(v.name for v in node.outputs)

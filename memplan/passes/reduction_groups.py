@@ -8,7 +8,9 @@ still read (a transformer's residual stream), and reduces: the prologue's interm
 touch memory. On the PyTorch backend it would only run the same ops one by one, so ``fuse``
 forms these regions only for one-kernel backends.
 
-A group: a ``native_layer_norm``, ``_softmax`` or ``_log_softmax`` (over trailing dims), and the
+A group: a ``native_layer_norm``, ``_softmax`` or ``_log_softmax`` (over trailing dims), or a row
+statistic (``mean``/``sum`` over the last dim, kept: RMS norm's) with its elementwise epilogue
+(what computes per row from it: ``+ eps``, ``rsqrt``, ``x * r``, ``* weight``), and the
 elementwise and broadcast nodes of the reduced input's shape that produce its input, walking back
 from it (and embedding lookups whose table rows are the rows reduced: :func:`is_row_gather`) (:func:`memplan.passes.fusable.why_not_pointwise` decides who may join), none of whose outside
 inputs depends on a member (no cycle). It becomes a ``memplan.group`` whose body is the members
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from memplan.ir.graph import Graph, Node, Value
 from memplan.ir.regions import GROUP
-from memplan.passes.fusable import why_not_pointwise
+from memplan.passes.fusable import broadcasts_to, why_not_pointwise
 
 ROW_REDUCTIONS = frozenset({"aten.native_layer_norm.default", "aten._softmax.default", "aten._log_softmax.default"})
 
@@ -61,7 +63,10 @@ def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -
     claimed: set[str] = set()
     groups = []
     for red in graph.nodes:
-        if red.op not in ROW_REDUCTIONS or not _trailing(red) or not all(v.type.is_static for v in red.inputs):
+        statistic = is_row_statistic(red)
+        if not statistic and (red.op not in ROW_REDUCTIONS or not _trailing(red)):
+            continue
+        if red.name in claimed or not all(v.type.is_static for v in red.inputs):
             continue
         shape = tuple(red.inputs[0].type.shape)
         members: dict[str, Node] = {}
@@ -79,9 +84,14 @@ def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -
                 continue
             members[p.name] = p
             frontier.extend(u for u in p.inputs if tuple(u.type.shape) == shape)
-        if not members:
+        epilogue = _epilogue(graph, red, shape, members, claimed, position) if statistic else []
+        if not members and not epilogue:
             continue
-        group = sorted(members.values(), key=lambda n: position[n.name]) + [red]
+        group = sorted(members.values(), key=lambda n: position[n.name]) + [red] + epilogue
+        if epilogue and _cycle(group, producer, position):
+            group = group[:-len(epilogue)]
+            if not members:
+                continue
         if _cycle(group, producer, position):  # fall back to the direct producer alone
             group = [producer[red.inputs[0].name], red]
             if _cycle(group, producer, position):
@@ -91,6 +101,45 @@ def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -
         claimed.update(n.name for n in group)
         groups.append(group)
     return groups
+
+
+def is_row_statistic(node: Node) -> bool:
+    """Is ``node`` a float ``mean`` or ``sum`` over the last dim that keeps it (``[..., 1]``): the
+    statistic of RMS norm (``x * rsqrt(mean(x ** 2, -1, keepdim=True) + eps)``)?"""
+    if node.op not in ("aten.mean.dim", "aten.sum.dim_IntList") or len(node.outputs) != 1:
+        return False
+    x = node.args[0]
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if not x.type.is_static or x.type.rank == 0 or x.type.dtype not in ("f32", "f16", "bf16") or "dtype" in node.kwargs:
+        return False
+    return keep is True and isinstance(dims, (list, tuple)) and len(dims) == 1 and isinstance(dims[0], int) \
+        and dims[0] % x.type.rank == x.type.rank - 1 and node.outputs[0].type.dtype == x.type.dtype
+
+
+def _epilogue(graph: Graph, red: Node, shape: tuple, members: dict, claimed: set, position: dict) -> list[Node]:
+    """The elementwise nodes after a row statistic that compute from it (and the rows) per row, in
+    graph order: outputs of the rows' shape or the statistic's, every input broadcast to the rows,
+    none read from a value computed from the group outside it."""
+    stat_shape = tuple(red.outputs[0].type.shape)
+    made = {v.name for n in [*members.values(), red] for v in n.outputs}
+    tainted: set[str] = set()
+    epilogue = []
+    start = position[red.name] + 1
+    for node in graph.nodes[start:start + 48]:
+        reads = {v.name for v in node.inputs}
+        if not reads & (made | tainted):
+            continue
+        out = tuple(node.outputs[0].type.shape) if len(node.outputs) == 1 else None
+        joins = (node.name not in claimed and why_not_pointwise(node) is None and not reads & tainted
+                 and out in (shape, stat_shape) and all(broadcasts_to(v, shape) for v in node.inputs))
+        if joins:
+            epilogue.append(node)
+            made.update(v.name for v in node.outputs)
+        else:
+            tainted.update(v.name for v in node.outputs)
+    return epilogue
+
 
 
 def _cycle(group: list[Node], producer: dict[str, Node], position: dict[str, int]) -> bool:

@@ -38,8 +38,10 @@ class KernelChoice:
                 kind = "attention"
             elif is_matmul_group(k.node):
                 kind = "matmul with its epilogue"
-            elif k.node.op == GROUP and k.node.subgraph.nodes and k.node.subgraph.nodes[-1].op in REDUCTIONS:
-                kind = k.node.subgraph.nodes[-1].op.split(".")[1].lstrip("_") + " with its prologue"
+            elif k.node.op == GROUP and any(m.op in REDUCTIONS for m in k.node.subgraph.nodes):
+                red = next(m for m in k.node.subgraph.nodes if m.op in REDUCTIONS)
+                kind = red.op.split(".")[1].lstrip("_") + (" with its prologue" if red is k.node.subgraph.nodes[-1]
+                                                           else " with its prologue and epilogue")
             elif k.node.op in REGION_OPS:
                 kind = "pointwise"
             else:
@@ -58,9 +60,8 @@ def kernel_for(node: Node, name: str, canonical: bool = False) -> Kernel:
         return attention_kernel(node, name, canonical)
     if is_matmul_group(node):  # a matrix product with its elementwise epilogue
         return matmul_kernel(node, name, canonical)
-    if node.op == GROUP and node.subgraph is not None and node.subgraph.nodes and \
-            node.subgraph.nodes[-1].op in REDUCTIONS:  # a row reduction after its elementwise prologue
-        return group_reduction_kernel(node, name)
+    if node.op == GROUP and node.subgraph is not None and any(m.op in REDUCTIONS for m in node.subgraph.nodes):
+        return group_reduction_kernel(node, name)  # a row reduction after its prologue (before its epilogue)
     if node.op in REGION_OPS:
         return pointwise_kernel(node, name, canonical)
     template = REDUCTIONS.get(node.op)

@@ -20,13 +20,15 @@ from memplan.ir.regions import GROUP
 
 
 def _reduction(node: Node) -> Node:
-    """The reduction a kernel runs: ``node`` itself, or the last node of a region's body (a row
-    reduction with its elementwise prologue, :mod:`memplan.passes.reduction_groups`)."""
+    """The reduction a kernel runs: ``node`` itself, or the one reduction of a region's body (a row
+    reduction after its elementwise prologue, a row statistic before its epilogue too:
+    :mod:`memplan.passes.reduction_groups`)."""
     if node.subgraph is None:
         return node
-    if node.op != GROUP or not node.subgraph.nodes:
+    found = [m for m in node.subgraph.nodes if m.op in REDUCTIONS] if node.op == GROUP else []
+    if len(found) != 1:
         raise NotTranslatable("not a row reduction")
-    return node.subgraph.nodes[-1]
+    return found[0]
 
 
 class _Rows:
@@ -117,12 +119,15 @@ class _Rows:
         x = self.names.unique("x")
         if self.outer_in is None or self.x.name in self.outer_in:
             where = self.tensor(self.x, everywhere, "x")
+            self.body = None
             return [f"{x} = tl.load({where}, mask=mask, other=0.0).to({tl_dtype(self.dtype)})"], x
         from memplan.backends.triton.pointwise import Body, translate
 
         body = Body(self.names)
+        self.body = body
         lines = []
-        prologue = self.node.subgraph.nodes[:-1]
+        nodes = self.node.subgraph.nodes
+        prologue = nodes[:nodes.index(_reduction(self.node))]
         gathers = [m for m in prologue if m.op == "aten.embedding.default"]
         for m in gathers:
             lines += self.gather(m, body)
@@ -292,10 +297,67 @@ def sum_kernel(node: Node, name: str) -> Kernel:
     return rows.kernel(name, summary, lines)
 
 
+def statistic_kernel(node: Node, name: str) -> Kernel:
+    """A ``memplan.group`` of a row statistic (``mean``/``sum`` over the last dim, kept) between its
+    elementwise prologue and epilogue (RMS norm: ``x * rsqrt(mean(x ** 2) + eps) * weight``, with the
+    residual add before it): the rows loaded once, the statistic and everything computed from it in
+    registers, each group output stored (rows, or one value per row)."""
+    from memplan.backends.triton.pointwise import Body, translate
+
+    red = _reduction(node)
+    x = red.args[0]
+    rows = _Rows(node, x, [x.type.rank - 1])
+    n = rows.names
+    load, xs = rows.load_x()
+    body = rows.body
+    if body is None:  # no prologue: the statistic reads a group input, which the epilogue may read too
+        body = Body(n)
+        body.env[x.name] = (xs, rows.dtype)
+    stat = n(red.outputs[0])
+    lines = [*load, f"{stat} = tl.sum({xs}, axis=1)[:, None]" + (" / n_cols" if red.op.startswith("aten.mean") else "")
+             + f"  # {comment_text(red.op)}"]
+    body.env[red.outputs[0].name] = (stat, rows.dtype)
+    nodes = node.subgraph.nodes
+    epilogue = nodes[nodes.index(red) + 1:]
+    everywhere = {d: d for d in rows.row_dims + rows.col_dims}
+    for b in dict.fromkeys(u for m in epilogue for u in m.inputs if u.name in rows.outer_in and u.name not in body.env):
+        local = n(b)
+        spans = aligned_dims(rows.outer_in[b.name], rows.shape, rows.row_dims + rows.col_dims)
+        if spans:
+            lines.append(f"{local} = tl.load({rows.tensor(b, spans, local)}, mask=mask, other=0.0)")
+        else:
+            pointer = n.unique(f"{local}_ptr")
+            rows.pointers.append(pointer)
+            rows.tensors.append(Arg("tensor", rows.outer_in[b.name]))
+            lines.append(f"{local} = tl.load({pointer})")
+        body.env[b.name] = (local, b.type.dtype)
+    start = len(body.lines)
+    for m in epilogue:
+        local = n(m.outputs[0])
+        body.lines.append(f"{local} = {translate(m, body)}  # {comment_text(m.op)}")
+        body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
+    lines += body.lines[start:]
+    rows.helpers |= body.helpers
+    per_row = {d: d for d in rows.row_dims}
+    for m in [red, *epilogue]:
+        v = m.outputs[0]
+        full = tuple(int(d) for d in v.type.shape) == rows.shape
+        lines.append(rows.store(v, n.unique(f"{n(v)}_out"), body.local(v), everywhere if full else per_row,
+                                "mask" if full else "row_mask"))
+    summary = (f"{'mean' if red.op.startswith('aten.mean') else 'sum'} over the last dim of {x.type.dtype}"
+               f"{list(rows.shape)} with its epilogue in registers: {rows.n_rows} rows of {rows.n_cols}, "
+               f"{rows.rows_per_program} rows per program")
+    return rows.kernel(name, summary, lines)
+
+
 def group_reduction_kernel(node: Node, name: str) -> Kernel:
-    """A ``memplan.group`` of a row reduction after its elementwise prologue, as one kernel."""
-    template = REDUCTIONS.get(_reduction(node).op)
-    if template is None or template is sum_kernel:
+    """A ``memplan.group`` of a row reduction after its elementwise prologue (a row statistic before
+    its epilogue too), as one kernel."""
+    red = _reduction(node)
+    template = REDUCTIONS.get(red.op)
+    if template is sum_kernel:
+        return statistic_kernel(node, name)
+    if template is None or node.subgraph.nodes[-1] is not red:
         raise NotTranslatable("a region that is neither elementwise nor a row reduction after its prologue")
     return template(node, name)
 
