@@ -131,13 +131,13 @@ def test_dump_ir_after_every_pass(tmp_path):
     memplan.compile(_mlp(), (torch.randn(5, 8),), dump_ir_after="all", dump_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files[:4] == ["00-verify.mir", "01-fold_batchnorm.mir", "02-legalize.mir", "03-canonicalize.mir"]
-    assert "08-schedule.plan.json" not in files, "a plan report exists once the graph is planned"
-    assert "09-allocate.plan.json" in files and "10-verify_plan.plan.json" in files
-    planned = parse_text((tmp_path / "09-allocate.mir").read_text())
+    assert "09-schedule.plan.json" not in files, "a plan report exists once the graph is planned"
+    assert "10-allocate.plan.json" in files and "11-verify_plan.plan.json" in files
+    planned = parse_text((tmp_path / "10-allocate.mir").read_text())
     assert planned.storages or any(v.alloc is not None for v in planned.values())
     assert (tmp_path / "03-canonicalize.mir").read_text().startswith("# memplan IR after pass 'canonicalize'")
     from memplan.ir.parser import parse
-    parse((tmp_path / "08-schedule.mir").read_text())
+    parse((tmp_path / "09-schedule.mir").read_text())
 
 
 def test_an_input_laid_out_other_than_row_major_is_counted_in_the_plan():

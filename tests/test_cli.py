@@ -52,8 +52,8 @@ def test_dump_ir_after_all(model_path, tmp_path):
     r = memplan_cli("lower", model_path, "--input-shape", "x=2x4", "--dump-ir-after", "all", "-o", tmp_path)
     assert r.returncode == 0, r.stderr
     dumps = sorted(p.name for p in (tmp_path / "dumps").iterdir())
-    assert "03-canonicalize.mir" in dumps and "09-allocate.plan.json" in dumps
-    assert "08-schedule.plan.json" not in dumps, "a plan report is written once the graph is planned"
+    assert "03-canonicalize.mir" in dumps and "10-allocate.plan.json" in dumps
+    assert "09-schedule.plan.json" not in dumps, "a plan report is written once the graph is planned"
     header = (tmp_path / "dumps" / "00-verify.mir").read_text().splitlines()[0]
     assert header.startswith("# memplan IR after pass 'verify'")
 

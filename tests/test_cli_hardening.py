@@ -110,7 +110,7 @@ def test_successful_run_writes_everything_and_no_temporaries(capsys, model_path,
     assert status == 0, err
     files = files_under(out)
     assert {"tiny.mir", "tiny.py", "tiny.plan.json", "tiny.report.png", "tiny.report.html",
-            "dumps/08-schedule.mir", "dumps/09-allocate.plan.json"} <= set(files)
+            "dumps/09-schedule.mir", "dumps/10-allocate.plan.json"} <= set(files)
     assert not [f for f in files if "memplan-tmp" in f]
     assert f"wrote {out / 'tiny.mir'}" in stdout
 
