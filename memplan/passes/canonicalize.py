@@ -42,7 +42,7 @@ def _is_identity_copy(node) -> bool:
 @register_pass("canonicalize", kind="graph")
 def canonicalize(graph: Graph, ctx) -> Graph:
     """Forward identity copies to their input; drop dead nodes and unused params."""
-    outputs = _output_aliases(graph)
+    outputs = output_aliases(graph)
     forwarded = []
     for node in graph.nodes:
         if node.op == "aten.relu.default" and len(node.args) == 1 and not node.kwargs:
@@ -69,7 +69,7 @@ def canonicalize(graph: Graph, ctx) -> Graph:
     return graph
 
 
-def _output_aliases(graph: Graph) -> set[str]:
+def output_aliases(graph: Graph) -> set[str]:
     """Names of the values whose storage a graph output shares: the outputs and, through chains of
     views, the values they view. A copy producing one of them makes a graph output fresh: removing
     it would hand the caller a tensor that shares memory with an input or a weight."""

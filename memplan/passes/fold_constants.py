@@ -25,10 +25,12 @@ import torch
 
 from memplan.ir.graph import PARAM, Graph, map_values
 from memplan.ir.ops import lookup
+from memplan.passes.canonicalize import output_aliases
+from memplan.passes.fusable import RANDOM_OPS
 from memplan.passes.registry import register_pass
 
 MAX_BYTES = 64 * 1024
-_RANDOM = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "poisson", "exponential", "empty")
+_NOT_VALUES = (*RANDOM_OPS, "empty")  # random draws, and buffers whose contents are undefined
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def why_not_foldable(node) -> str | None:
     if node.subgraph is not None:
         return "a region"
     short = node.op.split(".")[1] if node.op.count(".") == 2 else node.op
-    if any(word in short for word in _RANDOM):
+    if any(word in short for word in _NOT_VALUES):
         return "a random or uninitialised op"
     if not all(v.type.is_static for v in list(node.outputs) + node.inputs):
         return "symbolic shapes"
@@ -62,9 +64,8 @@ def fold_constants_graph(graph: Graph, max_bytes: int = MAX_BYTES, total_bytes: 
     most ``total_bytes`` in all: 4 x ``max_bytes`` unless given); return (nodes folded, new params,
     their bytes)."""
     from memplan.ir.interpret import run_node
-    from memplan.passes.canonicalize import _output_aliases
 
-    keep = _output_aliases(graph)
+    keep = output_aliases(graph)
     masks = _attention_mask_sources(graph)
     data: dict[str, torch.Tensor] = {p.name: graph.weights[p.name] for p in graph.params if p.name in graph.weights}
     folded = []
@@ -88,7 +89,7 @@ def fold_constants_graph(graph: Graph, max_bytes: int = MAX_BYTES, total_bytes: 
         for v, r in zip(node.outputs, results):
             data[v.name] = r
         folded.append(node)
-    folded = _frontier(graph, folded, data, 4 * max_bytes if total_bytes is None else total_bytes)
+    folded = _frontier(graph, folded, 4 * max_bytes if total_bytes is None else total_bytes)
     if not folded:
         return 0, 0, 0
     gone = {n.name for n in folded}
@@ -181,7 +182,7 @@ def _read(graph: Graph, gone: set[str]) -> list:
     return list({v.name: v for v in values}.values())
 
 
-def _frontier(graph: Graph, folded: list, data: dict, total_bytes: int) -> list:
+def _frontier(graph: Graph, folded: list, total_bytes: int) -> list:
     """The folds worth keeping: a view is never made a weight of its own (it costs nothing per call,
     and its copy would be a second weight), so a view read by the rest of the graph keeps running;
     and while the new weights exceed ``total_bytes``, the fold making the largest one is undone."""
@@ -191,12 +192,12 @@ def _frontier(graph: Graph, folded: list, data: dict, total_bytes: int) -> list:
         gone = {n.name for n in kept}
         made = {v.name: n for n in kept for v in n.outputs}
         frontier = [v for v in _read(graph, gone) if v.name in made]
-        undo = next((made[v.name] for v in frontier if made[v.name].name in views), None)
-        if undo is None and sum(v.nbytes for v in frontier) > total_bytes:
-            undo = made[max(frontier, key=lambda v: v.nbytes).name]
-        if undo is None:
+        undo = {made[v.name].name for v in frontier if made[v.name].name in views}
+        if not undo and sum(v.nbytes for v in frontier) > total_bytes:
+            undo = {made[max(frontier, key=lambda v: v.nbytes).name].name}
+        if not undo:
             return kept
-        kept = [n for n in kept if n is not undo]
+        kept = [n for n in kept if n.name not in undo]
 
 
 @register_pass("fold_constants", options=FoldConstantsOptions)

@@ -5,12 +5,12 @@ Shared by ``fuse`` (elementwise chains), the reduction groups (a row reduction's
 """
 from __future__ import annotations
 
-from memplan.ir.graph import Node
+from memplan.ir.graph import Graph, Node
 from memplan.ir.ops import OpKind, lookup
 
 _KINDS = (OpKind.ELEMENTWISE, OpKind.BROADCAST)
 _COPIES = {"clone", "_to_copy", "to", "lift_fresh_copy", "copy", "contiguous"}
-_RANDOM = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "poisson", "exponential")
+RANDOM_OPS = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "poisson", "exponential")
 _NOT_TRAILING = {"prelu", "_prelu_kernel"}  # broadcast along dim 1, not by trailing alignment
 
 
@@ -26,7 +26,7 @@ def why_not_pointwise(node: Node) -> str | None:
         return "a view or a copy"
     if short in _NOT_TRAILING:
         return "its operands broadcast along dim 1, not by trailing alignment"
-    if any(word in short for word in _RANDOM):
+    if any(word in short for word in RANDOM_OPS):
         return "a random op"
     if not node.outputs[0].type.is_static or not all(v.type.is_static for v in node.inputs):
         return "symbolic shapes"
@@ -38,3 +38,29 @@ def broadcasts_to(v, shape) -> bool:
     vs = [int(d) for d in v.type.shape]
     lead = len(shape) - len(vs)
     return lead >= 0 and all(e in (1, int(shape[k + lead])) for k, e in enumerate(vs))
+
+
+def epilogue_of(graph: Graph, members: list[Node], shapes: tuple, claimed: set[str], position: dict[str, int],
+                window: int = 64) -> list[Node]:
+    """The elementwise nodes after the last of ``members`` that compute from them, in graph order,
+    searching ``window`` nodes on: a node joins when :func:`why_not_pointwise` accepts it, it is not
+    ``claimed``, its result has one of ``shapes``, every input broadcasts to ``shapes[0]``, and none
+    of its inputs is computed from the group outside it (a cycle). The epilogue of a matrix product
+    and of a row statistic."""
+    made = {v.name for m in members for v in m.outputs}
+    tainted: set[str] = set()  # values computed from the group outside it
+    epilogue = []
+    start = max(position[m.name] for m in members) + 1
+    for node in graph.nodes[start:start + window]:
+        reads = {v.name for v in node.inputs}
+        if not reads & (made | tainted):
+            continue
+        joins = (node.name not in claimed and not reads & tainted and why_not_pointwise(node) is None
+                 and tuple(int(d) for d in node.outputs[0].type.shape) in shapes
+                 and all(broadcasts_to(v, shapes[0]) for v in node.inputs))
+        if joins:
+            epilogue.append(node)
+            made.update(v.name for v in node.outputs)
+        else:
+            tainted.update(v.name for v in node.outputs)
+    return epilogue

@@ -298,11 +298,12 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
     groups = find_groups(graph, explain)
     strides = eager_strides(graph) if groups else {}
     readers = graph.users() if groups and one_trip else {}
+    graph_outputs = {v.name for v in graph.outputs}
     for group in groups:
         _, outputs = _boundary(graph, group)
         odd = [v for v in outputs if not same_layout(v.type.shape, strides.get(v.name),
                                                      contiguous_strides(v.type.shape))
-               and not (one_trip and _read_through_strides(v, readers, graph))]
+               and not (one_trip and _read_through_strides(v, readers, graph_outputs))]
         if odd:  # a loop writes dense row-major buffers; a later view may rely on eager's layout
             if explain is not None:
                 for m in group.members:
@@ -321,11 +322,11 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
     return loops
 
 
-def _read_through_strides(v: Value, readers: dict, graph: Graph) -> bool:
+def _read_through_strides(v: Value, readers: dict, graph_outputs: set[str]) -> bool:
     """Is ``v`` read only by attention loops (which read q, k and v through their strides and lay
     their output out as eager's, whatever q's layout), never a graph output? Then it may be laid
     out row-major where eager lays it out otherwise (rotary embeddings on transposed heads)."""
-    if v.name in {o.name for o in graph.outputs}:
+    if v.name in graph_outputs:
         return False
     users = readers.get(v.name, [])
     return bool(users) and all(u.op == LOOP and u.subgraph is not None and any(
@@ -359,11 +360,16 @@ def fuse(graph, ctx):
     if one_trip and not better_plan(ctx, (fused_peak, trial), (plain_peak, graph)):
         # every kind of region at once raised the peak: try each kind alone (the regions of one
         # kind can lengthen what another kind's inputs live), keep the best
+        tried = {tuple(n.name for n in loops)}
         for kinds in (("reductions", "products"), ("reductions",), ("products",), ("pointwise",)):
             other = graph.copy()
             made = fuse_graph(other, tile_bytes, {}, one_trip, kinds)
-            peak = _planned_peak(other, ctx) if made else None
-            if made and better_plan(ctx, (peak, other), (fused_peak, trial)):
+            names = tuple(n.name for n in made)
+            if not made or names in tried:  # the same regions as a candidate planned already
+                continue
+            tried.add(names)
+            peak = _planned_peak(other, ctx)
+            if better_plan(ctx, (peak, other), (fused_peak, trial)):
                 trial, loops, fused_peak = other, made, peak
     if better_plan(ctx, (fused_peak, trial), (plain_peak, graph)):
         _adopt(graph, trial)

@@ -20,11 +20,10 @@ from __future__ import annotations
 import math
 
 from memplan.ir.graph import Graph, Node
-from memplan.passes.fusable import broadcasts_to, why_not_pointwise
+from memplan.passes.fusable import epilogue_of
 
 MATMULS = frozenset({"aten.mm.default", "aten.addmm.default"})
 _FLOATS = frozenset({"f32", "f16", "bf16"})
-WINDOW = 64  # nodes after the product searched for its epilogue
 
 
 
@@ -76,22 +75,7 @@ def find_matmul_groups(graph: Graph, explain: dict[str, str] | None = None,
             members.append(readers[0])
             current = readers[0].outputs[0]
         shape = tuple(int(d) for d in current.type.shape)
-        made = {v.name for m in members for v in m.outputs}
-        tainted: set[str] = set()  # values computed from the group outside it
-        epilogue = []
-        start = position[members[-1].name] + 1
-        for node in graph.nodes[start:start + WINDOW]:
-            reads = {v.name for v in node.inputs}
-            if not reads & (made | tainted):
-                continue
-            joins = (node.name not in claimed and why_not_pointwise(node) is None and reads & made
-                     and not reads & tainted and tuple(int(d) for d in node.outputs[0].type.shape) == shape
-                     and all(broadcasts_to(v, shape) for v in node.inputs))
-            if joins:
-                epilogue.append(node)
-                made.update(v.name for v in node.outputs)
-            else:
-                tainted.update(v.name for v in node.outputs)
+        epilogue = epilogue_of(graph, members, (shape,), claimed, position)
         if not epilogue:
             explain.setdefault(mm.name, "a matrix product with no elementwise epilogue (it stays an aten call)")
             continue

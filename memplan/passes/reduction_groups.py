@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from memplan.ir.graph import Graph, Node, Value
 from memplan.ir.regions import GROUP
-from memplan.passes.fusable import broadcasts_to, why_not_pointwise
+from memplan.passes.fusable import epilogue_of, why_not_pointwise
 
 ROW_REDUCTIONS = frozenset({"aten.native_layer_norm.default", "aten._softmax.default", "aten._log_softmax.default"})
 
@@ -84,7 +84,9 @@ def find_reduction_groups(graph: Graph, explain: dict[str, str] | None = None) -
                 continue
             members[p.name] = p
             frontier.extend(u for u in p.inputs if tuple(u.type.shape) == shape)
-        epilogue = _epilogue(graph, red, shape, members, claimed, position) if statistic else []
+        stat_shape = tuple(int(d) for d in red.outputs[0].type.shape)
+        epilogue = epilogue_of(graph, [*members.values(), red], (tuple(int(d) for d in shape), stat_shape), claimed,
+                               position) if statistic else []
         if not members and not epilogue:
             continue
         group = sorted(members.values(), key=lambda n: position[n.name]) + [red] + epilogue
@@ -115,31 +117,6 @@ def is_row_statistic(node: Node) -> bool:
         return False
     return keep is True and isinstance(dims, (list, tuple)) and len(dims) == 1 and isinstance(dims[0], int) \
         and dims[0] % x.type.rank == x.type.rank - 1 and node.outputs[0].type.dtype == x.type.dtype
-
-
-def _epilogue(graph: Graph, red: Node, shape: tuple, members: dict, claimed: set, position: dict) -> list[Node]:
-    """The elementwise nodes after a row statistic that compute from it (and the rows) per row, in
-    graph order: outputs of the rows' shape or the statistic's, every input broadcast to the rows,
-    none read from a value computed from the group outside it."""
-    stat_shape = tuple(red.outputs[0].type.shape)
-    made = {v.name for n in [*members.values(), red] for v in n.outputs}
-    tainted: set[str] = set()
-    epilogue = []
-    start = position[red.name] + 1
-    for node in graph.nodes[start:start + 48]:
-        reads = {v.name for v in node.inputs}
-        if not reads & (made | tainted):
-            continue
-        out = tuple(node.outputs[0].type.shape) if len(node.outputs) == 1 else None
-        joins = (node.name not in claimed and why_not_pointwise(node) is None and not reads & tainted
-                 and out in (shape, stat_shape) and all(broadcasts_to(v, shape) for v in node.inputs))
-        if joins:
-            epilogue.append(node)
-            made.update(v.name for v in node.outputs)
-        else:
-            tainted.update(v.name for v in node.outputs)
-    return epilogue
-
 
 
 def _cycle(group: list[Node], producer: dict[str, Node], position: dict[str, int]) -> bool:

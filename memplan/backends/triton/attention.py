@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from memplan.backends.triton.codegen import (Arg, Kernel, KernelNames, NotTranslatable, address, comment_lines,
+from memplan.backends.triton.codegen import (Arg, Kernel, KernelArgs, KernelNames, NotTranslatable, comment_lines,
                                              comment_text, decompose, literal, next_power_of_2, node_comment,
                                              tl_dtype)
 from memplan.backends.triton.pointwise import Body, translate
@@ -305,39 +305,18 @@ def _arange_positions(v: Value) -> bool:
     return start == 0 and step == 1 and isinstance(start, int) and not isinstance(start, bool)
 
 
-class _Writer:
+class _Writer(KernelArgs):
     """The kernel being written: names, launch arguments, and the index of each score dim."""
 
     def __init__(self, site: _AttentionLoop, canonical: bool):
+        super().__init__(KernelNames(canonical))
         self.site = site
-        self.names = KernelNames(canonical)
         self.names.used |= _WORDS
-        self.pointers: list[str] = []
-        self.strides: list[str] = []
-        self.tensors: list[Arg] = []
-        self.stride_args: list[Arg] = []
         rank = site.rank
         qs = _shape(site.q)
         self.batch_dims = [d for d in range(rank - 2) if qs[d] != 1]
         self.size = {d: self.names.unique(f"size{d}") for d in self.batch_dims[1:]}
         self.idx = {d: self.names.unique(f"i{d}") for d in self.batch_dims}
-
-    def pointer(self, v: Value, role: str) -> str:
-        name = self.names.unique(f"{role}_ptr")
-        self.pointers.append(name)
-        self.tensors.append(Arg("tensor", v))
-        return name
-
-    def address(self, v: Value, role: str, terms: list[tuple[str, int]]) -> str:
-        """The addresses of a block of ``v``: one (index expression, dim of v) term per dim it spans."""
-        pointer = self.pointer(v, role)
-        parts = []
-        for index, d in terms:
-            stride = self.names.unique(f"{role}_stride{d}")
-            self.strides.append(stride)
-            self.stride_args.append(Arg("stride", v, d))
-            parts.append((index, stride))
-        return address(pointer, parts)
 
     def score_index(self, d: int) -> str:
         """The index of score dim ``d`` as a block broadcast over (queries, keys)."""

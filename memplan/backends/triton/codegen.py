@@ -82,6 +82,39 @@ class Arg:
         return str(self.n)
 
 
+class KernelArgs:
+    """The tensor parameters of a kernel being written, each with its launch argument: a pointer per
+    tensor, a stride per dim it is addressed along. Templates take their tensors through it."""
+
+    def __init__(self, names: KernelNames):
+        self.names = names
+        self.pointers: list[str] = []
+        self.strides: list[str] = []
+        self.tensors: list[Arg] = []
+        self.stride_args: list[Arg] = []
+
+    def pointer(self, v: Value, role: str) -> str:
+        """Take ``v`` as a pointer parameter named for its ``role``; its name."""
+        name = self.names.unique(f"{role}_ptr")
+        self.pointers.append(name)
+        self.tensors.append(Arg("tensor", v))
+        return name
+
+    def address(self, v: Value, role: str, terms) -> str:
+        """The addresses of a block of ``v``: ``terms`` holds one ``(index expression, dim of v)``
+        per dim it is addressed along, or ``(index, dim of v, label)`` to name the stride parameter
+        after another dim (the iteration dim it stands for); no terms: the pointer alone."""
+        pointer = self.pointer(v, role)
+        parts = []
+        for term in terms:
+            index, dim = term[0], term[1]
+            stride = self.names.unique(f"{role}_stride{term[2] if len(term) > 2 else dim}")
+            self.strides.append(stride)
+            self.stride_args.append(Arg("stride", v, dim))
+            parts.append((index, stride))
+        return address(pointer, parts)
+
+
 @dataclass
 class Kernel:
     """One ``@triton.jit`` kernel for one IR node: its parameters (in groups: pointers, strides, sizes,

@@ -3,8 +3,8 @@
 A node becomes a kernel when a template covers it: an elementwise region (``memplan.loop`` made by
 ``fuse``, or ``memplan.group``) whose every body op has a translation (:mod:`.pointwise`), an
 attention loop (made by ``attention``: one FlashAttention kernel, :mod:`.attention`), a matrix
-product with its epilogue (:mod:`.matmul`), or a row reduction (:mod:`.reductions`). Every other node runs as the PyTorch backend runs it (aten,
-oneDNN, a region's per-trip PyTorch code). The choice is a function of the node alone, so the
+product with its epilogue (:mod:`.matmul`), or a row reduction (:mod:`.reductions`). Every other
+node runs as the PyTorch backend runs it (aten, oneDNN, a region's per-trip PyTorch code). The choice is a function of the node alone, so the
 planner (asking for scratch) and the emitter (printing kernels) always agree on it; the reason a
 region stays on PyTorch is kept for the log.
 """
@@ -17,9 +17,9 @@ from memplan.backends.triton.attention import attention_kernel, is_attention
 from memplan.backends.triton.codegen import Kernel, NotTranslatable, comment_lines
 from memplan.backends.triton.matmul import is_matmul_group, matmul_kernel
 from memplan.backends.triton.pointwise import HELPER_SOURCE, pointwise_kernel
-from memplan.backends.triton.reductions import REDUCTIONS, group_reduction_kernel
+from memplan.backends.triton.reductions import REDUCTIONS, group_reduction_kernel, reduction_of
 from memplan.ir.graph import Graph, Node
-from memplan.ir.regions import GROUP, REGION_OPS
+from memplan.ir.regions import REGION_OPS
 
 
 @dataclass
@@ -38,8 +38,8 @@ class KernelChoice:
                 kind = "attention"
             elif is_matmul_group(k.node):
                 kind = "matmul with its epilogue"
-            elif k.node.op == GROUP and any(m.op in REDUCTIONS for m in k.node.subgraph.nodes):
-                red = next(m for m in k.node.subgraph.nodes if m.op in REDUCTIONS)
+            elif reduction_of(k.node) is not None:
+                red = reduction_of(k.node)
                 kind = red.op.split(".")[1].lstrip("_") + (" with its prologue" if red is k.node.subgraph.nodes[-1]
                                                            else " with its prologue and epilogue")
             elif k.node.op in REGION_OPS:
@@ -60,8 +60,8 @@ def kernel_for(node: Node, name: str, canonical: bool = False) -> Kernel:
         return attention_kernel(node, name, canonical)
     if is_matmul_group(node):  # a matrix product with its elementwise epilogue
         return matmul_kernel(node, name, canonical)
-    if node.op == GROUP and node.subgraph is not None and any(m.op in REDUCTIONS for m in node.subgraph.nodes):
-        return group_reduction_kernel(node, name)  # a row reduction after its prologue (before its epilogue)
+    if reduction_of(node) is not None:  # a row reduction after its prologue (before its epilogue)
+        return group_reduction_kernel(node, name)
     if node.op in REGION_OPS:
         return pointwise_kernel(node, name, canonical)
     template = REDUCTIONS.get(node.op)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from memplan.backends.triton.codegen import (Arg, Kernel, KernelNames, NotTranslatable, address, aligned_dims,
+from memplan.backends.triton.codegen import (Arg, Kernel, KernelArgs, KernelNames, NotTranslatable, aligned_dims,
                                              comment_text, decompose, literal, next_power_of_2, node_comment,
                                              tl_dtype)
 from memplan.ir.graph import Node, Value
@@ -40,7 +40,7 @@ def _block(extent: int, most: int) -> int:
 
 def matmul_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     """The kernel of a matmul group ``node`` named ``name``; :class:`NotTranslatable` says why not."""
-    from memplan.backends.triton.pointwise import Body, translate
+    from memplan.backends.triton.pointwise import Body
 
     body = node.subgraph
     if node.op != "memplan.group" or body is None or not body.nodes or body.nodes[0].op not in MATMULS:
@@ -84,24 +84,11 @@ def matmul_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     idx = {d: names.unique(f"i{d}") for d in lead}
     idx[rank - 1] = "rn"
     indices = decompose("rm", lead, size, idx) if lead else []
-    pointers, strides, tensors, stride_args = [], [], [], []
-
-    def tensor(v: Value, terms_of: dict[str, str], role: str) -> str:
-        """Take ``v`` as an argument (``terms_of``: index expression -> dim of ``v``); its addresses."""
-        pointer = names.unique(f"{role}_ptr")
-        pointers.append(pointer)
-        tensors.append(Arg("tensor", v))
-        terms = []
-        for index, dim in terms_of.items():
-            s = names.unique(f"{role}_stride{dim}")
-            strides.append(s)
-            stride_args.append(Arg("stride", v, dim))
-            terms.append((index, s))
-        return address(pointer, terms)
+    args = KernelArgs(names)
 
     bm, bn, bk = _block(m, BLOCK_M), _block(n, BLOCK_N), _block(k, BLOCK_K)
-    a_at = tensor(outer[a.name], {"rm": 0, "rk[None, :]": 1}, "a")
-    b_at = tensor(outer[b.name], {"rk[:, None]": 0, "rn": 1}, "b")
+    a_at = args.address(outer[a.name], "a", [("rm", 0), ("rk[None, :]", 1)])
+    b_at = args.address(outer[b.name], "b", [("rk[:, None]", 0), ("rn", 1)])
     precision = ', input_precision="ieee"' if dtype == "f32" else ""
     statements = [
         "pid = tl.program_id(0)",
@@ -120,7 +107,7 @@ def matmul_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     if bias is not None and beta != 0:
         bias_outer = outer[bias.name]
         spans = aligned_dims(bias_outer, (m, n), [0, 1])
-        where = tensor(bias_outer, {("rm", "rn")[d]: e for d, e in spans.items()}, "bias")
+        where = args.address(bias_outer, "bias", [(("rm", "rn")[d], e) for d, e in spans.items()])
         scaled = "bias" if beta == 1 else f"{literal(float(beta))} * bias"
         mask = "mask" if 0 in spans else "rn < n_cols"
         statements += [f"bias = tl.load({where}, mask={mask}, other=0.0).to(tl.float32)",
@@ -136,41 +123,34 @@ def matmul_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     for b_in in dict.fromkeys(u for op in epilogue for u in op.inputs if u.name in outer):
         local = names(b_in)
         spans = aligned_dims(outer[b_in.name], shape, all_dims)
-        if spans:
-            where = tensor(outer[b_in.name], {idx[d]: e for d, e in spans.items()}, local)
-            code.lines.append(f"{local} = tl.load({where}, mask=mask)")
-        else:
-            where = tensor(outer[b_in.name], {}, local)
-            code.lines.append(f"{local} = tl.load({where})")
+        where = args.address(outer[b_in.name], local, [(idx[d], e) for d, e in spans.items()])
+        code.lines.append(f"{local} = tl.load({where}, mask=mask)" if spans else f"{local} = tl.load({where})")
         code.env[b_in.name] = (local, b_in.type.dtype)
     for op in epilogue:
-        local = names(op.outputs[0])
-        code.lines.append(f"{local} = {translate(op, code)}  # {comment_text(op.op)}")
-        code.env[op.outputs[0].name] = (local, op.outputs[0].type.dtype)
+        code.compute(op)
     stores = []
     for inner_out in body.outputs:
         out = outer_out[inner_out.name]
         oshape = tuple(int(d) for d in out.type.shape)
         if oshape == shape:
-            terms = {idx[d]: d for d in all_dims}
+            terms = [(idx[d], d) for d in all_dims]
         elif oshape == (m, n):
-            terms = {"rm": 0, "rn": 1}
+            terms = [("rm", 0), ("rn", 1)]
         else:
             raise NotTranslatable(f"group output %{comment_text(out.name)} of another shape than the tile")
         if out.type.dtype != inner_out.type.dtype:
             raise NotTranslatable("a group output of another dtype than its body value")
-        local = names(out)
-        where = tensor(out, terms, local)
+        where = args.address(out, names(out), terms)
         stores.append(f"tl.store({where}, {code.local(inner_out, out.type.dtype)}, mask=mask)")
     statements += code.lines + stores
-    params = [", ".join(pointers), ", ".join(strides), ", ".join([*size.values(), "n_rows", "n_cols", "n_inner"]),
+    params = [", ".join(args.pointers), ", ".join(args.strides), ", ".join([*size.values(), "n_rows", "n_cols", "n_inner"]),
               "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr"]
-    args = [tensors, stride_args, [Arg("int", n=shape[d]) for d in lead[1:]] + [Arg("int", n=m), Arg("int", n=n),
-                                                                                Arg("int", n=k)],
-            [Arg("const", name="BLOCK_M", n=bm), Arg("const", name="BLOCK_N", n=bn), Arg("const", name="BLOCK_K", n=bk)]]
+    sizes = [Arg("int", n=shape[d]) for d in lead[1:]] + [Arg("int", n=m), Arg("int", n=n), Arg("int", n=k)]
+    launch = [args.tensors, args.stride_args, sizes,
+              [Arg("const", name="BLOCK_M", n=bm), Arg("const", name="BLOCK_N", n=bn), Arg("const", name="BLOCK_K", n=bk)]]
     programs = -(-m // bm) * -(-n // bn)
     what = " + ".join(dict.fromkeys(op.op.split(".")[1] for op in epilogue))
     summary = (f"{mm.op.split('.')[1]} [{m}, {k}] x [{k}, {n}] of {dtype} with its epilogue ({what}) in registers, "
                f"{bm}x{bn} tiles")
     covers = [line for op in body.nodes for line in node_comment(op)]
-    return Kernel(name, node, params, statements, programs, args, summary, covers, code.helpers)
+    return Kernel(name, node, params, statements, programs, launch, summary, covers, code.helpers)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 
-from memplan.backends.triton.codegen import (FLOATS, POINTWISE_BLOCK, Arg, Kernel, KernelNames, NotTranslatable,
-                                             address, aligned_dims, comment_text, decompose, literal, node_comment,
-                                             tl_dtype)
+from memplan.backends.triton.codegen import (FLOATS, POINTWISE_BLOCK, Arg, Kernel, KernelArgs, KernelNames,
+                                             NotTranslatable, aligned_dims, comment_text, decompose, literal,
+                                             node_comment, tl_dtype)
 from memplan.ir.graph import Node, Value
 from memplan.ir.regions import GROUP, LOOP, loop_spec
 
@@ -50,6 +50,15 @@ class Body:
             self.lines.append(f"{cast} = {name} != 0" if dtype == "bool" else f"{cast} = {name}.to({tl_dtype(dtype)})")
             self.casts[key] = cast
         return self.casts[key]
+
+    def compute(self, node: Node) -> str:
+        """Translate body ``node`` into a statement of its own; the local now holding its result."""
+        expr = translate(node, self)
+        out = node.outputs[0]
+        local = self.names(out)
+        self.lines.append(f"{local} = {expr}  # {comment_text(node.op)}")
+        self.env[out.name] = (local, out.type.dtype)
+        return local
 
     def let(self, expr: str, hint: str) -> str:
         """A new local holding ``expr`` (for an operand a translation uses more than once)."""
@@ -399,46 +408,26 @@ def pointwise_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     idx = {d: names.unique(f"i{d}") for d in dims}
     indices = decompose("offsets", dims, size, idx)
     body = Body(names)
-    pointers, strides, stride_args, loads = [], [], [], []
-    tensors: list[Arg] = []
+    args = KernelArgs(names)
+    loads = []
     for outer, inner in zip(node.args, body_graph.inputs):
         local = names(inner)
         spans = aligned_dims(outer, shape, dims)
         aligned_dims(inner, tile, [])  # the body reads it broadcast to its tile too
         tl_dtype(inner.type.dtype)
-        ptr = names.unique(f"{local}_ptr")
-        pointers.append(ptr)
-        tensors.append(Arg("tensor", outer))
-        terms = []
-        for d, k in spans.items():
-            s = names.unique(f"{local}_stride{d}")
-            strides.append(s)
-            stride_args.append(Arg("stride", outer, k))
-            terms.append((idx[d], s))
-        loads.append(f"{local} = tl.load({address(ptr, terms)}, mask=mask)" if terms else f"{local} = tl.load({ptr})")
+        where = args.address(outer, local, [(idx[d], k, d) for d, k in spans.items()])
+        loads.append(f"{local} = tl.load({where}, mask=mask)" if spans else f"{local} = tl.load({where})")
         body.env[inner.name] = (local, inner.type.dtype)
     for m in body_graph.nodes:
         for v in m.outputs:
             aligned_dims(v, tile, [])
-        expr = translate(m, body)
-        local = names(m.outputs[0])
-        body.lines.append(f"{local} = {expr}  # {comment_text(m.op)}")
-        body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
+        body.compute(m)
     stores = []
     for out, result in zip(node.outputs, body_graph.outputs):
-        local = names(out)
-        ptr = names.unique(f"{local}_ptr")
-        pointers.append(ptr)
-        tensors.append(Arg("tensor", out))
-        terms = []
-        for d in dims:
-            s = names.unique(f"{local}_stride{d}")
-            strides.append(s)
-            stride_args.append(Arg("stride", out, d))
-            terms.append((idx[d], s))
+        where = args.address(out, names(out), [(idx[d], d) for d in dims])
         value = body.local(result, out.type.dtype)
-        stores.append(f"tl.store({address(ptr, terms)}, {value}, mask=mask)" if terms else f"tl.store({ptr}, {value})")
-    params = [", ".join(pointers), ", ".join(strides), ", ".join([*size.values(), "n_elements"]),
+        stores.append(f"tl.store({where}, {value}, mask=mask)" if dims else f"tl.store({where}, {value})")
+    params = [", ".join(args.pointers), ", ".join(args.strides), ", ".join([*size.values(), "n_elements"]),
               "BLOCK: tl.constexpr"]
     statements = ["offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)", "mask = offsets < n_elements",
                   *indices, *loads, *body.lines, *stores]
@@ -450,9 +439,9 @@ def pointwise_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
         covers.append(comment_text(f"in place: %{node.outputs[0].name} is written over %{node.reuses.name}, "
                                    "each element after it was read"))
     covers += [line for m in body_graph.nodes for line in node_comment(m)]
-    args = [tensors, stride_args, [Arg("int", n=shape[d]) for d in dims[1:]] + [Arg("int", n=n)],
-            [Arg("const", name="BLOCK", n=POINTWISE_BLOCK)]]
-    return Kernel(name, node, params, statements, -(-n // POINTWISE_BLOCK), args, summary, covers, body.helpers)
+    launch = [args.tensors, args.stride_args, [Arg("int", n=shape[d]) for d in dims[1:]] + [Arg("int", n=n)],
+              [Arg("const", name="BLOCK", n=POINTWISE_BLOCK)]]
+    return Kernel(name, node, params, statements, -(-n // POINTWISE_BLOCK), launch, summary, covers, body.helpers)
 
 
 TANH_HELPER = [

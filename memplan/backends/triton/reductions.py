@@ -12,26 +12,34 @@ from __future__ import annotations
 
 import math
 
-from memplan.backends.triton.codegen import (FLOATS, MAX_ROW, ROW_TILE, Arg, Kernel, KernelNames, NotTranslatable,
-                                             address, aligned_dims, comment_text, decompose, literal,
+from memplan.backends.triton.codegen import (FLOATS, MAX_ROW, ROW_TILE, Arg, Kernel, KernelArgs, KernelNames,
+                                             NotTranslatable, aligned_dims, comment_text, decompose, literal,
                                              next_power_of_2, node_comment, tl_dtype)
 from memplan.ir.graph import Node, Value
 from memplan.ir.regions import GROUP
 
 
+def reduction_of(group: Node) -> Node | None:
+    """The one row reduction in the body of ``memplan.group`` ``group`` (a row reduction after its
+    elementwise prologue, a row statistic before its epilogue too:
+    :mod:`memplan.passes.reduction_groups`), or None."""
+    if group.op != GROUP or group.subgraph is None:
+        return None
+    found = [m for m in group.subgraph.nodes if m.op in REDUCTIONS]
+    return found[0] if len(found) == 1 else None
+
+
 def _reduction(node: Node) -> Node:
-    """The reduction a kernel runs: ``node`` itself, or the one reduction of a region's body (a row
-    reduction after its elementwise prologue, a row statistic before its epilogue too:
-    :mod:`memplan.passes.reduction_groups`)."""
+    """The reduction a kernel runs: ``node`` itself, or the one of a group's body (:func:`reduction_of`)."""
     if node.subgraph is None:
         return node
-    found = [m for m in node.subgraph.nodes if m.op in REDUCTIONS] if node.op == GROUP else []
-    if len(found) != 1:
+    red = reduction_of(node)
+    if red is None:
         raise NotTranslatable("not a row reduction")
-    return found[0]
+    return red
 
 
-class _Rows:
+class _Rows(KernelArgs):
     """The row layout of one reduction: the input's shape split into row dims and reduced (column)
     dims, the kernel's names for their sizes and indices, and the launch arguments gathered.
     ``node`` is what the kernel runs: a reduction, or a group holding one after its prologue (then
@@ -57,17 +65,13 @@ class _Rows:
             raise NotTranslatable(f"rows of {self.n_cols} elements, above the {MAX_ROW} one block holds")
         self.block = next_power_of_2(self.n_cols)
         self.rows_per_program = max(1, min(next_power_of_2(self.n_rows), ROW_TILE // self.block))
-        self.names = KernelNames()
+        super().__init__(KernelNames())
         n = self.names
         self.size = {d: n.unique(f"size{d}") for d in self.row_dims[1:] + self.col_dims[1:]}
         self.idx = {d: n.unique(f"i{d}") for d in self.row_dims}
         self.idx.update({d: n.unique(f"j{d}") for d in self.col_dims})
         self.indices = (decompose("rows", self.row_dims, self.size, self.idx)
                         + decompose("cols", self.col_dims, self.size, self.idx))
-        self.pointers: list[str] = []
-        self.strides: list[str] = []
-        self.tensors: list[Arg] = []
-        self.stride_args: list[Arg] = []
         self.dtype = "f64" if x.type.dtype == "f64" else "f32"  # the accumulation dtype
         self.index_checks: list[tuple[Value, int]] = []
 
@@ -76,17 +80,9 @@ class _Rows:
         ``dims``: dim of the input -> dim of ``v``); return the addresses of its block."""
         if self.outer_in is not None:  # a body value: the group's argument or output it stands for
             v = self.outer_in.get(v.name) or self.outer_out[v.name]
-        pointer = self.names.unique(f"{role}_ptr")
-        self.pointers.append(pointer)
-        self.tensors.append(Arg("tensor", v))
-        terms = []
-        for d, k in dims.items():
-            s = self.names.unique(f"{role}_stride{d}")
-            self.strides.append(s)
-            self.stride_args.append(Arg("stride", v, k))
-            terms.append((self.idx[d], s))
+        where = self.address(v, role, [(self.idx[d], k, d) for d, k in dims.items()])
         # no dims: one row (n_rows == 1), addressed by the row index so the block keeps its shape
-        return address(pointer, terms) if terms else f"{pointer} + rows"
+        return where if dims else f"{where} + rows"
 
     def kernel(self, name: str, summary: str, statements: list[str]) -> Kernel:
         """The kernel: row and column indices and masks, then ``statements``."""
@@ -121,7 +117,7 @@ class _Rows:
             where = self.tensor(self.x, everywhere, "x")
             self.body = None
             return [f"{x} = tl.load({where}, mask=mask, other=0.0).to({tl_dtype(self.dtype)})"], x
-        from memplan.backends.triton.pointwise import Body, translate
+        from memplan.backends.triton.pointwise import Body
 
         body = Body(self.names)
         self.body = body
@@ -131,30 +127,31 @@ class _Rows:
         gathers = [m for m in prologue if m.op == "aten.embedding.default"]
         for m in gathers:
             lines += self.gather(m, body)
-        for b in dict.fromkeys(u for m in prologue if m not in gathers for u in m.inputs if u.name in self.outer_in):
-            outer = self.outer_in[b.name]
-            local = self.names(b)
-            spans = aligned_dims(outer, self.shape, self.row_dims + self.col_dims)
-            if spans:
-                lines.append(f"{local} = tl.load({self.tensor(b, spans, local)}, mask=mask, other=0.0)")
-            else:
-                pointer = self.names.unique(f"{local}_ptr")
-                self.pointers.append(pointer)
-                self.tensors.append(Arg("tensor", outer))
-                lines.append(f"{local} = tl.load({pointer})")
-            body.env[b.name] = (local, b.type.dtype)
-        for m in prologue:
-            if m in gathers:
-                continue
-            local = self.names(m.outputs[0])
-            body.lines.append(f"{local} = {translate(m, body)}  # {comment_text(m.op)}")
-            body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
+        elementwise = [m for m in prologue if m not in gathers]
+        lines += self.load_inputs(elementwise, body)
+        for m in elementwise:
+            body.compute(m)
         stores = [self.store(m.outputs[0], self.names(m.outputs[0]), body.local(m.outputs[0]), everywhere, "mask")
                   for m in prologue]
         self.helpers |= body.helpers
         lines += body.lines + [line for line in stores if line]
         lines.append(f"{x} = tl.where(mask, {body.local(self.x, self.dtype)}, 0.0)")
         return lines, x
+
+    def load_inputs(self, members: list[Node], body) -> list[str]:
+        """The lines loading the group inputs ``members`` read that ``body`` does not hold yet, each
+        broadcast over the rows it spans (one element where it spans none)."""
+        lines = []
+        for b in dict.fromkeys(u for m in members for u in m.inputs if u.name in self.outer_in and u.name not in body.env):
+            outer = self.outer_in[b.name]
+            local = self.names(b)
+            spans = aligned_dims(outer, self.shape, self.row_dims + self.col_dims)
+            if spans:
+                lines.append(f"{local} = tl.load({self.tensor(b, spans, local)}, mask=mask, other=0.0)")
+            else:
+                lines.append(f"{local} = tl.load({self.pointer(outer, local)})")
+            body.env[b.name] = (local, b.type.dtype)
+        return lines
 
     def gather(self, m: Node, body) -> list[str]:
         """The lines computing an ``aten.embedding`` member: each row's index loaded, the table row it
@@ -168,21 +165,14 @@ class _Rows:
         local = n(m.outputs[0])
         index = n.unique(f"{local}_index")
         at = self.tensor(ids, {d: d for d in self.row_dims}, index)
-        pointer = n.unique(f"{local}_table_ptr")
-        strides = [n.unique(f"{local}_table_stride{d}") for d in (0, 1)]
-        self.pointers.append(pointer)
-        self.tensors.append(Arg("tensor", self.outer_in[table.name]))
-        self.strides += strides
-        self.stride_args += [Arg("stride", self.outer_in[table.name], d) for d in (0, 1)]
+        row = self.address(self.outer_in[table.name], f"{local}_table", [(index, 0), (self.idx[self.col_dims[0]], 1)])
         rows = int(table.type.shape[0])
         valid = n.unique(f"{local}_valid")
         body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
         self.index_checks.append((self.outer_in[ids.name], rows))
-        column = self.idx[self.col_dims[0]]
         return [f"{index} = tl.load({at}, mask=row_mask, other=0)  # {comment_text(m.op)}: one table row per row",
                 f"{valid} = ({index} >= 0) & ({index} < {rows})",
-                f"{local} = tl.load({pointer} + {index} * {strides[0]} + {column} * {strides[1]}, "
-                f"mask=mask & {valid}, other=0.0)"]
+                f"{local} = tl.load({row}, mask=mask & {valid}, other=0.0)"]
 
     def store(self, v: Value, role: str, value: str, dims: dict[int, int], mask: str) -> str:
         """The line storing ``value`` into ``v`` (dims: dim of the input -> dim of ``v``); nothing
@@ -302,7 +292,7 @@ def statistic_kernel(node: Node, name: str) -> Kernel:
     elementwise prologue and epilogue (RMS norm: ``x * rsqrt(mean(x ** 2) + eps) * weight``, with the
     residual add before it): the rows loaded once, the statistic and everything computed from it in
     registers, each group output stored (rows, or one value per row)."""
-    from memplan.backends.triton.pointwise import Body, translate
+    from memplan.backends.triton.pointwise import Body
 
     red = _reduction(node)
     x = red.args[0]
@@ -320,22 +310,10 @@ def statistic_kernel(node: Node, name: str) -> Kernel:
     nodes = node.subgraph.nodes
     epilogue = nodes[nodes.index(red) + 1:]
     everywhere = {d: d for d in rows.row_dims + rows.col_dims}
-    for b in dict.fromkeys(u for m in epilogue for u in m.inputs if u.name in rows.outer_in and u.name not in body.env):
-        local = n(b)
-        spans = aligned_dims(rows.outer_in[b.name], rows.shape, rows.row_dims + rows.col_dims)
-        if spans:
-            lines.append(f"{local} = tl.load({rows.tensor(b, spans, local)}, mask=mask, other=0.0)")
-        else:
-            pointer = n.unique(f"{local}_ptr")
-            rows.pointers.append(pointer)
-            rows.tensors.append(Arg("tensor", rows.outer_in[b.name]))
-            lines.append(f"{local} = tl.load({pointer})")
-        body.env[b.name] = (local, b.type.dtype)
-    start = len(body.lines)
+    lines += rows.load_inputs(epilogue, body)
+    start = len(body.lines)  # the prologue's statements are in ``load`` already
     for m in epilogue:
-        local = n(m.outputs[0])
-        body.lines.append(f"{local} = {translate(m, body)}  # {comment_text(m.op)}")
-        body.env[m.outputs[0].name] = (local, m.outputs[0].type.dtype)
+        body.compute(m)
     lines += body.lines[start:]
     rows.helpers |= body.helpers
     per_row = {d: d for d in rows.row_dims}
