@@ -55,6 +55,7 @@ def canonicalize(graph: Graph, ctx) -> Graph:
     if forwarded:
         ctx.log.append(f"canonicalize: forwarded {len(forwarded)} identity copies (clone/alias/detach)")
     _lower_reshapes(graph, ctx)
+    _scalar_fills(graph, ctx)
     dead = graph.eliminate_dead_code()
     needed = {v.name for n in graph.nodes for v in n.inputs} | {v.name for v in graph.outputs}
     unused = [p for p in graph.params if p.name not in needed]
@@ -103,6 +104,47 @@ def _copy_weight_outputs(graph: Graph) -> int:
             # the copy is the last node: only the graph outputs read it
             graph.replace_all_uses(v, copy, after=copy.producer)
     return len(copied)
+
+
+_FILLS = {"aten.full_like.default": 1, "aten.full.default": 1, "aten.zeros_like.default": None,
+          "aten.ones_like.default": None}
+
+
+def _scalar_fills(graph: Graph, ctx) -> None:
+    """A tensor filled with one number and read only by elementwise ops of its own shape and dtype
+    (T5's ``minimum(buckets, full_like(buckets, 15))``) becomes a 0-dim ``full``: the same values by
+    broadcasting, no buffer of its size, and a constant the next pass folds. Same dtype everywhere,
+    so type promotion (which ranks 0-dim tensors lower) gives the same result dtype."""
+    from memplan.ir.ops import OpKind
+    from memplan.ir.types import TensorType
+
+    users = graph.users()
+    outputs = {v.name for v in graph.outputs}
+    made = 0
+    for node in list(graph.nodes):
+        if node.op not in _FILLS or len(node.outputs) != 1:
+            continue
+        (v,) = node.outputs
+        pos = _FILLS[node.op]
+        value = (node.args[pos] if len(node.args) > pos else None) if pos is not None else \
+            (0 if node.op == "aten.zeros_like.default" else 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or v.name in outputs or not v.type.is_static:
+            continue
+        readers = users[v.name]
+        if not readers or not all(
+                r.subgraph is None and len(r.outputs) == 1 and lookup(r.op, node=r.name).kind in
+                (OpKind.ELEMENTWISE, OpKind.BROADCAST) and not lookup(r.op, node=r.name).view
+                and tuple(r.outputs[0].type.shape) == tuple(v.type.shape) and r.outputs[0].type.dtype == v.type.dtype
+                and all(u.type.dtype == v.type.dtype for u in r.inputs) for r in readers):
+            continue
+        (scalar,) = graph.add_node("aten.full.default", ([], value), {"dtype": v.type.torch_dtype},
+                                   [TensorType(v.type.dtype, ())], name=f"{v.name}_scalar", before=node,
+                                   source=node.source, source_op=node.source_op or node.op)
+        graph.replace_all_uses(v, scalar)
+        graph.erase_node(node)
+        made += 1
+    if made:
+        ctx.log.append(f"canonicalize: {made} tensors filled with one number are 0-dim fills read by broadcasting")
 
 
 def _lower_reshapes(graph: Graph, ctx) -> None:

@@ -14,6 +14,16 @@ RANDOM_OPS = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial"
 _NOT_TRAILING = {"prelu", "_prelu_kernel"}  # broadcast along dim 1, not by trailing alignment
 
 
+def is_conversion(node: Node) -> bool:
+    """Is ``node`` an ``aten._to_copy`` that only changes the dtype (an elementwise cast: T5's
+    position buckets go float and back), not the layout or the device?"""
+    if node.op != "aten._to_copy.default" or len(node.args) != 1 or set(node.kwargs) - {"dtype", "layout", "device"}:
+        return False
+    if str(node.kwargs.get("layout", "torch.strided")) != "torch.strided" or str(node.kwargs.get("device", "cpu")) != "cpu":
+        return False
+    return "dtype" in node.kwargs and node.outputs[0].type.dtype != node.inputs[0].type.dtype
+
+
 def why_not_pointwise(node: Node) -> str | None:
     """Why ``node`` cannot be a member of an elementwise region (None: it can)."""
     if node.subgraph is not None or len(node.outputs) != 1 or node.reuses is not None:
@@ -22,7 +32,7 @@ def why_not_pointwise(node: Node) -> str | None:
     short = node.op.split(".")[1] if node.op.startswith("aten.") else node.op
     if opdef.kind not in _KINDS:
         return f"{opdef.kind.value} op (only elementwise and broadcast ops fuse)"
-    if opdef.view or short in _COPIES:
+    if opdef.view or (short in _COPIES and not is_conversion(node)):
         return "a view or a copy"
     if short in _NOT_TRAILING:
         return "its operands broadcast along dim 1, not by trailing alignment"

@@ -360,6 +360,82 @@ def translate(node: Node, body: Body) -> str:
     return expr if o.cdt == o.rdt else f"({expr}).to({tl_dtype(o.rdt)})"
 
 
+CAT = "aten.cat.default"
+
+
+def _concat_operands(body) -> set[str]:
+    """Names of the body inputs and nodes that only feed concatenations (``cat`` operands and the
+    elementwise nodes making them, :mod:`memplan.passes.concat_inputs`): the kernel evaluates them
+    per operand, at the operand's own index, inside the ``cat``."""
+    readers: dict[str, list[Node]] = {}
+    for m in body.nodes:
+        for v in m.inputs:
+            readers.setdefault(v.name, []).append(m)
+    outputs = {v.name for v in body.outputs}
+    shifted: set[str] = set()
+    for m in reversed(body.nodes):  # a node is shifted when every reader is a cat or shifted
+        names = [v.name for v in m.outputs]
+        if m.op != CAT and all(readers.get(n) and n not in outputs and all(
+                r.op == CAT or r.name in shifted for r in readers[n]) for n in names):
+            shifted.add(m.name)
+    for v in body.inputs:
+        if readers.get(v.name) and v.name not in outputs and all(r.op == CAT or r.name in shifted
+                                                                 for r in readers[v.name]):
+            shifted.add(v.name)
+    return shifted
+
+
+def _concat(cat: Node, body: Body, args, outer_of: dict, shape: tuple, idx: dict) -> None:
+    """``aten.cat`` in a pointwise kernel: element ``i`` along the concatenated dim comes from the
+    operand whose range holds ``i``, loaded (or computed from loads) at ``i`` minus the range's start,
+    masked to that range; the operands nest in ``tl.where`` by range."""
+    operands = cat.args[0]
+    rank = len(shape)
+    dim = (cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)) % rank
+    if dim not in idx:
+        raise NotTranslatable("a concatenation along a dim of extent 1")
+    i = idx[dim]
+    pieces, start = [], 0
+    for u in operands:
+        size = int(u.type.shape[dim])
+        at = i if start == 0 else f"({i} - {start})"
+        inside = f"{i} < {start + size}" if start == 0 else f"({i} >= {start}) & ({i} < {start + size})"
+        pieces.append((f"{i} < {start + size}", _operand(u, body, args, outer_of, shape, idx, dim, size, at, inside)))
+        start += size
+    expr = pieces[-1][1]
+    for below, value in reversed(pieces[:-1]):
+        expr = f"tl.where({below}, {value}, {expr})"
+    out = cat.outputs[0]
+    local = body.names(out)
+    body.lines.append(f"{local} = {expr}  # {comment_text(cat.op)}: each range from its operand")
+    body.env[out.name] = (local, out.type.dtype)
+
+
+def _operand(u: Value, body: Body, args, outer_of: dict, shape: tuple, idx: dict, dim: int, size: int, at: str,
+             inside: str) -> str:
+    """The local holding operand ``u`` of a concatenation at index ``at`` along ``dim`` (valid where
+    ``inside``): a body input loaded there, or an elementwise node computed from such loads."""
+    if u.name in body.env:
+        raise NotTranslatable(f"concatenation operand %{comment_text(u.name)} is read at two indices")
+    if u.name in outer_of:
+        outer = outer_of[u.name]
+        local = body.names(u)
+        piece = list(shape)
+        piece[dim] = size
+        spans = aligned_dims(outer, tuple(piece), [d for d in idx])
+        where = args.address(outer, local, [(at if d == dim else idx[d], k, d) for d, k in spans.items()])
+        body.lines.append(f"{local} = tl.load({where}, mask=mask & ({inside}), other=0)" if spans
+                          else f"{local} = tl.load({where})")
+        body.env[u.name] = (local, u.type.dtype)
+        return local
+    node = u.producer
+    if node is None or len(node.outputs) != 1:
+        raise NotTranslatable(f"concatenation operand %{comment_text(u.name)} is not computed elementwise")
+    for w in dict.fromkeys(node.inputs):
+        _operand(w, body, args, outer_of, shape, idx, dim, size, at, inside)
+    return body.compute(node)
+
+
 def iteration_space(node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(the shape one launch covers: the region's output shape, the shape its body computes: one
     trip's tile); :class:`NotTranslatable` unless every output has that shape and every input is read
@@ -394,7 +470,7 @@ def pointwise_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     rather than after the IR values (the text that says whether two regions share a kernel)."""
     for m in node.subgraph.nodes if node.subgraph is not None else ():
         parts = m.op.split(".")
-        if len(parts) != 3 or parts[0] != "aten" or parts[1] not in TRANSLATIONS:
+        if m.op != CAT and (len(parts) != 3 or parts[0] != "aten" or parts[1] not in TRANSLATIONS):
             raise NotTranslatable(f"its body holds {comment_text(m.op)} (node {comment_text(m.name)}), which has no "
                                   "Triton translation")
     shape, tile = iteration_space(node)
@@ -410,7 +486,11 @@ def pointwise_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
     body = Body(names)
     args = KernelArgs(names)
     loads = []
+    outer_of = {inner.name: outer for outer, inner in zip(node.args, body_graph.inputs)}
+    shifted = _concat_operands(body_graph)  # computed per operand of a concatenation, at its own index
     for outer, inner in zip(node.args, body_graph.inputs):
+        if inner.name in shifted:
+            continue
         local = names(inner)
         spans = aligned_dims(outer, shape, dims)
         aligned_dims(inner, tile, [])  # the body reads it broadcast to its tile too
@@ -419,9 +499,14 @@ def pointwise_kernel(node: Node, name: str, canonical: bool = False) -> Kernel:
         loads.append(f"{local} = tl.load({where}, mask=mask)" if spans else f"{local} = tl.load({where})")
         body.env[inner.name] = (local, inner.type.dtype)
     for m in body_graph.nodes:
+        if m.name in shifted:
+            continue
         for v in m.outputs:
             aligned_dims(v, tile, [])
-        body.compute(m)
+        if m.op == CAT:
+            _concat(m, body, args, outer_of, shape, idx)
+        else:
+            body.compute(m)
     stores = []
     for out, result in zip(node.outputs, body_graph.outputs):
         where = args.address(out, names(out), [(idx[d], d) for d in dims])
