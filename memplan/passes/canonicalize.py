@@ -111,10 +111,11 @@ _FILLS = {"aten.full_like.default": 1, "aten.full.default": 1, "aten.zeros_like.
 
 
 def _scalar_fills(graph: Graph, ctx) -> None:
-    """A tensor filled with one number and read only by elementwise ops of its own shape and dtype
-    (T5's ``minimum(buckets, full_like(buckets, 15))``) becomes a 0-dim ``full``: the same values by
-    broadcasting, no buffer of its size, and a constant the next pass folds. Same dtype everywhere,
-    so type promotion (which ranks 0-dim tensors lower) gives the same result dtype."""
+    """A tensor filled with one number and read only by elementwise ops whose result has its shape
+    (T5's ``minimum(buckets, full_like(buckets, 15))``) becomes a ``full`` of one element with the
+    same number of dims (``[1, 1]``): the same values by broadcasting, no buffer of its size, and a
+    constant the next pass folds. It keeps its dims, so type promotion (which ranks 0-dim tensors
+    below dimensioned ones) and masks' rank checks see what they saw."""
     from memplan.ir.ops import OpKind
     from memplan.ir.types import TensorType
 
@@ -134,17 +135,18 @@ def _scalar_fills(graph: Graph, ctx) -> None:
         if not readers or not all(
                 r.subgraph is None and len(r.outputs) == 1 and lookup(r.op, node=r.name).kind in
                 (OpKind.ELEMENTWISE, OpKind.BROADCAST) and not lookup(r.op, node=r.name).view
-                and tuple(r.outputs[0].type.shape) == tuple(v.type.shape) and r.outputs[0].type.dtype == v.type.dtype
-                and all(u.type.dtype == v.type.dtype for u in r.inputs) for r in readers):
+                and tuple(r.outputs[0].type.shape) == tuple(v.type.shape) for r in readers):
             continue
-        (scalar,) = graph.add_node("aten.full.default", ([], value), {"dtype": v.type.torch_dtype},
-                                   [TensorType(v.type.dtype, ())], name=f"{v.name}_scalar", before=node,
+        ones = [1] * v.type.rank
+        (scalar,) = graph.add_node("aten.full.default", (ones, value), {"dtype": v.type.torch_dtype},
+                                   [TensorType(v.type.dtype, tuple(ones))], name=f"{v.name}_scalar", before=node,
                                    source=node.source, source_op=node.source_op or node.op)
         graph.replace_all_uses(v, scalar)
         graph.erase_node(node)
         made += 1
     if made:
-        ctx.log.append(f"canonicalize: {made} tensors filled with one number are 0-dim fills read by broadcasting")
+        ctx.log.append(f"canonicalize: {made} tensors filled with one number are one-element fills read by "
+                       "broadcasting")
 
 
 def _lower_reshapes(graph: Graph, ctx) -> None:
