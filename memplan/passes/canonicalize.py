@@ -111,8 +111,8 @@ _FILLS = {"aten.full_like.default": 1, "aten.full.default": 1, "aten.zeros_like.
 
 
 def _scalar_fills(graph: Graph, ctx) -> None:
-    """A tensor filled with one number and read only by elementwise ops whose result has its shape
-    (T5's ``minimum(buckets, full_like(buckets, 15))``) becomes a ``full`` of one element with the
+    """A tensor filled with one number and read only by elementwise ops whose other operands give
+    the result its shape (T5's ``minimum(buckets, full_like(buckets, 15))``) becomes a ``full`` of one element with the
     same number of dims (``[1, 1]``): the same values by broadcasting, no buffer of its size, and a
     constant the next pass folds. It keeps its dims, so type promotion (which ranks 0-dim tensors
     below dimensioned ones) and masks' rank checks see what they saw."""
@@ -135,7 +135,7 @@ def _scalar_fills(graph: Graph, ctx) -> None:
         if not readers or not all(
                 r.subgraph is None and len(r.outputs) == 1 and lookup(r.op, node=r.name).kind in
                 (OpKind.ELEMENTWISE, OpKind.BROADCAST) and not lookup(r.op, node=r.name).view
-                and tuple(r.outputs[0].type.shape) == tuple(v.type.shape) for r in readers):
+                and tuple(r.outputs[0].type.shape) == tuple(v.type.shape) and _shaped_without(r, v) for r in readers):
             continue
         ones = [1] * v.type.rank
         (scalar,) = graph.add_node("aten.full.default", (ones, value), {"dtype": v.type.torch_dtype},
@@ -147,6 +147,16 @@ def _scalar_fills(graph: Graph, ctx) -> None:
     if made:
         ctx.log.append(f"canonicalize: {made} tensors filled with one number are one-element fills read by "
                        "broadcasting")
+
+
+def _shaped_without(reader, fill) -> bool:
+    """Do ``reader``'s other tensor operands alone broadcast to its result's shape (so the result keeps
+    its shape when ``fill`` shrinks to one element: not so for ``ne(fill, 0)``)?"""
+    shapes = [tuple(u.type.shape) for u in reader.inputs if u is not fill]
+    try:
+        return bool(shapes) and tuple(torch.broadcast_shapes(*shapes)) == tuple(reader.outputs[0].type.shape)
+    except (RuntimeError, TypeError):
+        return False
 
 
 def _lower_reshapes(graph: Graph, ctx) -> None:

@@ -43,7 +43,9 @@ def test_conversions_and_fills_that_must_stay():
   %c: f32[4, 4] = aten._to_copy.default(%y, dtype=torch.float32, memory_format=torch.contiguous_format)
   %f: i64[4, 4] = aten.full_like.default(%x, 3, dtype=torch.int64)
   %m: i64[4, 4] = aten.mul.Tensor(%x, %f)
-  return %a, %b, %c, %m
+  %z: i64[4, 4] = aten.full.default([4, 4], 0, dtype=torch.int64)
+  %n: bool[4, 4] = aten.ne.Scalar(%z, 1)
+  return %a, %b, %c, %m, %n
 }""")
     a, b, c = (n for n in g.nodes[:3])
     assert is_conversion(a) and why_not_pointwise(a) is None
@@ -52,8 +54,9 @@ def test_conversions_and_fills_that_must_stay():
     log = SimpleNamespace(log=[])
     _scalar_fills(g, log)
     # the fill keeps its dims (a 0-dim i64 would promote i32 * i64 to i32): [1, 1], results unchanged
-    (fill,) = [n for n in g.nodes if n.op == "aten.full.default"]
+    fill, kept = [n for n in g.nodes if n.op == "aten.full.default"]
     assert fill.outputs[0].type.shape == (1, 1) and fill.outputs[0].type.dtype == "i64" and log.log
+    assert kept.outputs[0].type.shape == (4, 4), "ne(fill, 1) takes its shape from the fill alone: it stays"
     x = torch.randint(-5, 5, (4, 4), dtype=torch.int32)
     from memplan.ir.interpret import run_graph
     assert torch.equal(run_graph(g, [x, torch.randn(4, 4)])[3], x * torch.full((4, 4), 3))
