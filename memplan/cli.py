@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     targets.set_defaults(func=cmd_targets)
     from memplan.solvers.alloc_cli import add_alloc_parser
     add_alloc_parser(sub)
+    from memplan.solvers.remat_cli import add_remat_parser
+    add_remat_parser(sub)
     return parser
 
 

@@ -17,9 +17,15 @@
 - ``aten.relu(x)`` becomes ``aten.clamp_min(x, 0)`` (the same values, NaN
   included): ``relu.out`` allocates a temporary as large as its output,
   ``clamp_min.out`` writes straight into its slot.
+- A chain of elementwise ops computing a known activation of one tensor (GPT-2's
+  eight-op tanh GELU) becomes that one op (:mod:`memplan.passes.activations`;
+  option ``activations="off"`` keeps chains as written).
 - Nodes none of whose outputs reach a graph output, and params no node
   reads, are removed.
 """
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from memplan.ir.graph import PARAM, Graph
@@ -39,7 +45,14 @@ def _is_identity_copy(node) -> bool:
     return fmt is None or str(fmt) == "torch.preserve_format"
 
 
-@register_pass("canonicalize", kind="graph")
+@dataclass(frozen=True)
+class CanonicalizeOptions:
+    """Options of ``canonicalize``."""
+
+    activations: Literal["auto", "off"] = "auto"  # auto: decomposed activations become one op
+
+
+@register_pass("canonicalize", kind="graph", options=CanonicalizeOptions)
 def canonicalize(graph: Graph, ctx) -> Graph:
     """Forward identity copies to their input; drop dead nodes and unused params."""
     outputs = output_aliases(graph)
@@ -56,6 +69,13 @@ def canonicalize(graph: Graph, ctx) -> Graph:
         ctx.log.append(f"canonicalize: forwarded {len(forwarded)} identity copies (clone/alias/detach)")
     _lower_reshapes(graph, ctx)
     _scalar_fills(graph, ctx)
+    if ctx.options.get("activations", "auto") != "off":
+        from memplan.passes.activations import recognize_activations
+        made = recognize_activations(graph)
+        if made:
+            ops = sorted({op for _, op in made})
+            ctx.log.append(f"canonicalize: {len(made)} elementwise chains are the activation they compute "
+                           f"({', '.join(ops)})")
     dead = graph.eliminate_dead_code()
     needed = {v.name for n in graph.nodes for v in n.inputs} | {v.name for v in graph.outputs}
     unused = [p for p in graph.params if p.name not in needed]

@@ -275,11 +275,13 @@ KINDS = ("reductions", "products", "pointwise")
 
 
 def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, str] | None = None,
-               one_trip: bool = False, kinds: tuple[str, ...] = KINDS) -> list[Node]:
+               one_trip: bool = False, kinds: tuple[str, ...] = KINDS,
+               tiles: dict[str, int] | None = None) -> list[Node]:
     """Fuse every group :func:`find_groups` finds; return the loop nodes made (``one_trip``: also
     groups too small to tile, as one trip, for a backend that runs a region as one kernel, and row
     reductions with their prologue, products with their epilogue; ``kinds``: which of those three
-    kinds of region to form)."""
+    kinds of region to form; ``tiles``: per elementwise group, by the name its loop takes, the tile
+    bytes to use instead of ``tile_bytes``, 0 to leave that group unfused)."""
     from memplan.analysis.strides import contiguous_strides, eager_strides, same_layout
 
     loops = []
@@ -311,7 +313,10 @@ def fuse_graph(graph: Graph, tile_bytes: int = TILE_BYTES, explain: dict[str, st
                     explain.setdefault(m.name, f"its group's result %{odd[0].name} is not laid out row-major "
                                                "in eager (a loop writes row-major buffers)")
             continue
-        loop = fuse_group(graph, group, tile_bytes, one_trip)
+        own = (tiles or {}).get(f"fused_{group.members[0].name}", tile_bytes)
+        if own == 0:
+            continue  # left unfused by choice (see _coarsen)
+        loop = fuse_group(graph, group, own, one_trip)
         if loop is not None and one_trip:  # a kernel reads a concatenation where it lies
             absorb_concats(graph, loop)
         if loop is None:
@@ -374,11 +379,14 @@ def fuse(graph, ctx):
             peak = _planned_peak(other, ctx)
             if better_plan(ctx, (peak, other), (fused_peak, trial)):
                 trial, loops, fused_peak = other, made, peak
+    heuristic_win = fused_peak is not None and (plain_peak is None or fused_peak < plain_peak)
     if fused_peak is not None and fused_peak == plain_peak:
         # a tie by the heuristic orders: the scheduler the pipeline runs may order one side better
         # (T5 on Triton: 2.06 MiB both ways heuristically, 1.78 unfused and 2.06 fused when scheduled)
         fused_peak, plain_peak = _planned_peak(trial, ctx, exact=True), _planned_peak(graph, ctx, exact=True)
     if better_plan(ctx, (fused_peak, trial), (plain_peak, graph)):
+        if heuristic_win and not one_trip:  # each loop's trips cost launches: as few as the peak allows
+            trial, loops = _coarsen(graph, trial, loops, ctx, tile_bytes, fused_peak, explain)
         _adopt(graph, trial)
         _record(ctx, graph, loops, explain, (fused_peak, plain_peak))
     else:
@@ -388,6 +396,49 @@ def fuse(graph, ctx):
                                            f"({_fmt(fused_peak)} against {_fmt(plain_peak)} unfused)")
         _record(ctx, graph, [], explain, (fused_peak, plain_peak), rejected=loops)
     return graph
+
+
+def _coarsen(graph: Graph, fused: Graph, loops: list[Node], ctx, tile_bytes: int, bound: int,
+             explain: dict[str, str]) -> tuple[Graph, list[Node]]:
+    """Per kind of loop, the fewest trips that keep the planned peak at ``bound`` (the fused graph's).
+
+    On the PyTorch backend each trip runs every op of the body as its own call: a loop of 8 trips
+    over a chain of 8 ops makes 72 calls where the unfused chain makes 8. Fusion is kept for the
+    peak, so a loop whose intermediates fit under the peak at its step need not tile that finely, or
+    at all. Loops of one kind (the same ops over the same shape: one per layer) are decided together,
+    one trial plan each (heuristic orders, as the fused and unfused graphs were compared): unfused
+    first, then the largest tiles (fewest trips) down to twice the default. The modelled time (a
+    launch per call per trip, :mod:`memplan.analysis.cost`) only falls along that order."""
+    kinds: dict[tuple, list[Node]] = {}
+    for loop in loops:
+        if loop.op == LOOP and int(loop.kwargs.get("trips", 1)) > 1:
+            body = loop.subgraph
+            key = (tuple(n.op for n in body.nodes), tuple(tuple(v.type.shape) for v in loop.outputs))
+            kinds.setdefault(key, []).append(loop)
+    chosen: dict[str, int] = {}
+    for members in sorted(kinds.values(), key=lambda ls: -len(ls) * len(ls[0].subgraph.nodes)
+                          * int(ls[0].kwargs.get("trips", 1))):
+        trips = int(members[0].kwargs.get("trips", 1))
+        options, scale = [0], 2
+        while scale < trips:  # tiles of 2, 4, ... times the default: trips/2, trips/4, ...
+            options.insert(1, tile_bytes * scale)
+            scale *= 2
+        for option in options:
+            tiles = dict(chosen, **{n.name: option for n in members})
+            trial = graph.copy()
+            made = fuse_graph(trial, tile_bytes, {}, False, tiles=tiles)
+            peak = _planned_peak(trial, ctx)
+            if peak is not None and peak <= bound:
+                chosen = tiles
+                fused, loops = trial, made
+                for n in members:
+                    for m in n.subgraph.nodes:
+                        if option == 0:
+                            explain.setdefault(m.name, "fusable, left unfused: its chain's full-size "
+                                               "intermediates fit under the planned peak, and each "
+                                               "trip of a loop costs a call per op")
+                break
+    return fused, loops
 
 
 def better_plan(ctx, candidate: tuple, current: tuple) -> bool:
