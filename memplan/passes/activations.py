@@ -7,14 +7,17 @@ may be ``x``'s own). Other models spell GELU, SiLU or hard-swish their own ways.
 
 Recognition is by value, not by spelling: a chain of elementwise ops that reads one tensor ``x``
 (and numbers) is a function of one variable. It is run on probe values (a dense grid over
-[-12, 12], zeros of both signs, tiny and huge magnitudes, NaN), in float64 and in the chain's own
+[-12, 12], zeros of both signs, every half decade of magnitude from 1e-30 to 1e36 of both
+signs, NaN), in float64 and in the chain's own
 dtype, and where it agrees with a known activation on every probe (float64: to 1e-9 relative;
 its own dtype: to that dtype's rounding; float32 and float64 chains only: in 16-bit floats each op
 of a chain rounds, and the one op would round once, where eager rounds at every step), the chain becomes that activation. Only chains whose
 intermediate results nothing else reads are replaced, so nothing computed is lost.
 
 What may differ: at infinite inputs a formula and the library op can disagree (the tanh formula
-gives NaN at -inf, ``aten.gelu`` gives 0); every finite input agrees to rounding.
+gives NaN at -inf, ``aten.gelu`` gives 0), and so can they within a factor of a few of float32's
+largest number (``aten.gelu(3.4e38)`` overflows to inf, the erf formula does not); every other
+input agrees to rounding.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ def _probes(dtype: torch.dtype) -> torch.Tensor:
     grid = torch.linspace(-12.0, 12.0, 2401, dtype=torch.float64)
     extra = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-6, -1e-6, 30.0, -30.0, 80.0, -80.0, 1e4, -1e4,
                           float("nan")], dtype=torch.float64)
-    x = torch.cat([grid, extra])
+    mags = torch.logspace(-30, 36, 133, dtype=torch.float64)  # every half decade from 1e-30 to 1e36
+    x = torch.cat([grid, extra, mags, -mags])
     if dtype == torch.float16:
         x = x[x.abs().nan_to_num(0.0) < 6e4]
     return x.to(dtype)
