@@ -22,6 +22,7 @@ input agrees to rounding.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -40,15 +41,25 @@ KNOWN = [
 ]
 
 
+@lru_cache(maxsize=None)
 def _probes(dtype: torch.dtype) -> torch.Tensor:
     grid = torch.linspace(-12.0, 12.0, 2401, dtype=torch.float64)
     extra = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-6, -1e-6, 30.0, -30.0, 80.0, -80.0, 1e4, -1e4,
                           float("nan")], dtype=torch.float64)
     mags = torch.logspace(-30, 36, 133, dtype=torch.float64)  # every half decade from 1e-30 to 1e36
     x = torch.cat([grid, extra, mags, -mags])
-    if dtype == torch.float16:
-        x = x[x.abs().nan_to_num(0.0) < 6e4]
     return x.to(dtype)
+
+
+@lru_cache(maxsize=None)
+def _references(dtype: torch.dtype) -> list[tuple[str, dict, torch.Tensor, torch.Tensor]]:
+    """Per known activation: its op, kwargs, its reference on the float64 probes and the op itself
+    on the probes in ``dtype``."""
+    from memplan.ir.ops import lookup
+
+    with torch.no_grad():
+        return [(op, kwargs, ref(_probes(torch.float64)), lookup(op).impl(_probes(dtype), **kwargs))
+                for op, kwargs, ref in KNOWN]
 
 
 def _same(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
@@ -83,11 +94,7 @@ def identify(chain: list, x: Value) -> tuple[str, dict] | None:
     except Exception:  # an op that refuses a 1-D probe or float64: not a function of x alone
         return None
     eps = torch.finfo(dtype).eps
-    for op, kwargs, ref in KNOWN:
-        with torch.no_grad():
-            want_wide = ref(_probes(torch.float64))
-            from memplan.ir.ops import lookup
-            want_own = lookup(op).impl(_probes(dtype), **kwargs)
+    for op, kwargs, want_wide, want_own in _references(dtype):
         if _same(wide, want_wide, 1e-9, 1e-12) and _same(own, want_own, 64 * eps, 64 * eps):
             return op, kwargs
     return None

@@ -15,6 +15,7 @@ Every schedule returned is re-evaluated exactly (:func:`~memplan.solvers.remat_p
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from memplan.solvers.remat_heuristics import greedy, prune
@@ -82,7 +83,7 @@ def solve_remat(problem: RematProblem, budget: int, time_limit: float = 30.0, ke
             if not fits or cev.cost < best_ev.cost:
                 best, best_ev, method = outcome.schedule, cev, "cp-sat"
             fits = True
-            count = max(copies, max((best.count(v) for v in set(best)), default=1))
+            count = max(copies, max(Counter(best).values(), default=1))
             if outcome.status == "OPTIMAL":
                 status, bound = "OPTIMAL", max(float(floor), outcome.bound)
                 scope = f"at most {count} computations per node (CP-SAT, proven)"

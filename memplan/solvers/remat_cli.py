@@ -81,7 +81,7 @@ def cmd_remat(args) -> int:
                  f"peak below {r.smallest_possible_peak:,} B")
         raise RematBudgetError(f"{args.graph}: no schedule within the budget {budget:,} B: {proof}")
     added = r.cost - topo.cost
-    print(f"  {r.status} by {r.method}: peak {r.peak:,} B ({r.peak / topo.peak:.3f} of topological), cost "
+    print(f"  {r.status} by {r.method}: peak {r.peak:,} B ({r.peak / max(topo.peak, 1):.3f} of topological), cost "
           f"{problem.file_cost(r.cost):g} (+{100 * added / max(topo.cost, 1):.2f}%, {extra} recomputations), "
           f"bound {problem.file_cost(r.bound):g} ({r.bound_scope}), gap {100 * r.gap:.2f}%, {r.solve_s:.1f} s")
     if args.output:

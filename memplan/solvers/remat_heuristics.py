@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from memplan.solvers.remat_problem import Evaluation, RematProblem, evaluate
+from memplan.solvers.remat_problem import Evaluation, InvalidSchedule, RematProblem, evaluate
 
 
 def topological(problem: RematProblem) -> list[int]:
@@ -35,11 +35,10 @@ def greedy(problem: RematProblem, budget: int, deadline: float, start: list[int]
     at ``deadline``, a ``time.perf_counter()`` value)."""
     schedule = list(start if start is not None else problem.order)
     ev = evaluate(problem, schedule)
-    tried_at: dict[tuple, set] = {}
     while ev.peak > budget and time.perf_counter() < deadline:
-        best = _best_move(problem, schedule, ev, candidates, deadline, tried_at)
+        best = _best_move(problem, schedule, ev, candidates, deadline)
         if best is None:  # none of the cheapest helps: look further down the list
-            best = _best_move(problem, schedule, ev, 8 * candidates, deadline, tried_at, skip=candidates)
+            best = _best_move(problem, schedule, ev, 8 * candidates, deadline, skip=candidates)
         if best is None:
             break
         schedule, ev = best
@@ -64,7 +63,7 @@ def _chain(problem, schedule, ev, v, at, depth):
     return out
 
 
-def _best_move(problem, schedule, ev, candidates, deadline, tried_at, skip=0):
+def _best_move(problem, schedule, ev, candidates, deadline, skip=0):
     peak = ev.peak
     steps = [j for j, b in enumerate(ev.profile) if b == peak]
     current = _score(ev)
@@ -125,7 +124,7 @@ def prune(problem: RematProblem, schedule: list[int], budget: int, deadline: flo
         trial = [v for v, k in zip(schedule, keep) if k]
         try:
             tev = evaluate(problem, trial)
-        except Exception:  # a later computation read this one
+        except InvalidSchedule:  # a later computation read this one
             keep[j] = True
             continue
         if tev.peak <= budget:

@@ -111,9 +111,13 @@ def evaluate(problem: RematProblem, schedule: list[int]) -> Evaluation:
     return Evaluation(max(profile, default=0), sum(problem.cost[v] for v in schedule), profile, last_read, reads)
 
 
+MAX_NUMBER = 2**62  # bytes and costs: the solvers' integers
+
+
 def _number(value, what: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise RematInputError(f"{where}: {what} must be a finite number >= 0, got {str(value)[:40]!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, int) and (
+            value > MAX_NUMBER) or not math.isfinite(value) or value < 0 or value > MAX_NUMBER:
+        raise RematInputError(f"{where}: {what} must be a finite number in 0..2**62, got {str(value)[:40]!r}")
     return value
 
 
@@ -128,7 +132,7 @@ def read_graph_json(path: str | Path) -> RematProblem:
         raise RematInputError(f"{path}: not a UTF-8 text file") from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer of too many digits
         raise RematInputError(f"{path}: not JSON ({str(exc).splitlines()[0][:80]})") from None
     return problem_from_node_link(data, str(path))
 
@@ -228,11 +232,3 @@ def _topological(preds: list[list[int]], ids: list, where: str) -> list[int]:
         stuck = next(v for v in range(n) if indegree[v] > 0)
         raise RematInputError(f"{where}: the graph has a cycle (through node {ids[stuck]!r})")
     return order
-
-
-def to_node_link(problem: RematProblem) -> dict:
-    """The instance as node-link data (for writing test instances)."""
-    return {"directed": True, "multigraph": False, "graph": {"name": problem.name, "order": [problem.ids[v] for v in problem.order]},
-            "nodes": [{"id": problem.ids[v], "cost_cpu": problem.file_cost(problem.cost[v]), "cost_ram": problem.ram[v]}
-                      for v in range(problem.n)],
-            "links": [{"source": problem.ids[u], "target": problem.ids[v]} for v in range(problem.n) for u in problem.preds[v]]}
