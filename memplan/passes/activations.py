@@ -5,13 +5,18 @@ x ** 3)))``): run one by one, each result is a buffer as large as the activation
 ``aten.gelu(x, approximate="tanh")`` computes the same function in one call into one buffer (which
 may be ``x``'s own). Other models spell GELU, SiLU or hard-swish their own ways.
 
-Recognition is by value, not by spelling: a chain of elementwise ops that reads one tensor ``x``
+Recognition is by value and by form. A chain of elementwise ops that reads one tensor ``x``
 (and numbers) is a function of one variable. It is run on probe values (a dense grid over
 [-12, 12], zeros of both signs, every half decade of magnitude from 1e-30 to 1e36 of both
 signs, NaN), in float64 and in the chain's own
 dtype, and where it agrees with a known activation on every probe (float64: to 1e-9 relative;
 its own dtype: to that dtype's rounding; float32 and float64 chains only: in 16-bit floats each op
-of a chain rounds, and the one op would round once, where eager rounds at every step), the chain becomes that activation. Only chains whose
+of a chain rounds, and the one op would round once, where eager rounds at every step), and where, written as a formula in ``x`` (sympy, every op spelt out: a sigmoid as ``1 / (1 +
+exp(-x))``, a clamp as Min/Max) and fully expanded, it is the activation's formula to the
+constants' 8th or 9th significant digit, the chain becomes that activation. The probes catch
+what the formula cannot see (NaN, overflow, the dtype's rounding); the formula catches what probes
+between their points cannot (a bump that is zero on every probe). An op the formula cannot spell
+keeps the chain as it is. Only chains whose
 intermediate results nothing else reads are replaced, so nothing computed is lost.
 
 What may differ: at infinite inputs a formula and the library op can disagree (the tanh formula
@@ -24,11 +29,26 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import sympy
 import torch
 
 from memplan.ir.graph import Graph, Value, map_values
 
 MAX_CHAIN = 40  # ops in one chain considered (activations are written in at most a few dozen)
+MAX_FORMULA_OPS = 400  # a chain's formula larger than this (before expanding) is not compared
+MAX_POWER = 8  # integer powers above this are not expanded
+
+_X = sympy.Symbol("x", real=True)
+_SQRT_2_PI = math.sqrt(2.0 / math.pi)
+_SIGMOID = lambda a: 1 / (1 + sympy.exp(-a))  # noqa: E731
+_SOFTPLUS = lambda a: sympy.log(1 + sympy.exp(a))  # noqa: E731
+FORMULAS = [  # the formula of each of KNOWN, in its order
+    0.5 * _X * (1 + sympy.tanh(_SQRT_2_PI * (_X + 0.044715 * _X ** 3))),
+    0.5 * _X * (1 + sympy.erf(_X / math.sqrt(2.0))),
+    _X * _SIGMOID(_X),
+    _X * sympy.Min(sympy.Max(_X + 3, 0), 6) / 6,
+    _X * sympy.tanh(_SOFTPLUS(_X)),
+]
 
 # (op, kwargs, reference in float64): the functions a chain is compared with
 KNOWN = [
@@ -71,6 +91,104 @@ def _same(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
     return bool(torch.allclose(a[keep], b[keep], rtol=rtol, atol=atol))
 
 
+def _number(a):
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+        raise _NoFormula(repr(a))
+    return sympy.Integer(int(a)) if float(a).is_integer() and abs(a) < 2 ** 53 else sympy.Float(a)
+
+
+class _NoFormula(Exception):
+    pass
+
+
+def _formula_of(node, env) -> sympy.Expr:
+    short, overload = node.op.split(".")[1:3] if node.op.startswith("aten.") else (node.op, "")
+    args = [env[a.name] if isinstance(a, Value) else _number(a) for a in node.args]
+    kw = {k: (env[v.name] if isinstance(v, Value) else v) for k, v in node.kwargs.items()}
+
+    def opt(i, name, default):
+        v = args[i] if len(args) > i else kw.get(name, default)
+        if v is None:
+            return None
+        return v if isinstance(v, sympy.Expr) else _number(v)
+
+    unary = {"tanh": sympy.tanh, "erf": sympy.erf, "exp": sympy.exp, "log": sympy.log, "sigmoid": _SIGMOID,
+             "neg": lambda a: -a, "sqrt": sympy.sqrt, "rsqrt": lambda a: 1 / sympy.sqrt(a), "abs": sympy.Abs,
+             "reciprocal": lambda a: 1 / a, "log1p": lambda a: sympy.log(1 + a), "expm1": lambda a: sympy.exp(a) - 1,
+             "relu": lambda a: sympy.Max(a, 0), "square": lambda a: a ** 2, "tanh_": sympy.tanh}
+    if short in unary and len(args) == 1 and not kw:
+        return unary[short](args[0])
+    if short in ("add", "sub", "rsub") and len(args) == 2 and set(kw) <= {"alpha"}:
+        a, b = args
+        b = b * opt(2, "alpha", 1)
+        return a + b if short == "add" else (a - b if short == "sub" else b - a)
+    if short == "mul" and len(args) == 2 and not kw:
+        return args[0] * args[1]
+    if short == "div" and len(args) == 2 and kw.get("rounding_mode") is None and set(kw) <= {"rounding_mode"}:
+        return args[0] / args[1]
+    if short == "pow" and len(args) == 2 and not kw:
+        base, e = args
+        if e.is_Integer and abs(int(e)) > MAX_POWER:
+            raise _NoFormula("a high power")
+        return base ** e
+    if short in ("clamp", "hardtanh", "clamp_min", "clamp_max"):
+        low_default, high_default = (-1, 1) if short == "hardtanh" else (None, None)
+        names = ("min_val", "max_val") if short == "hardtanh" else ("min", "max")
+        if short == "clamp_max":
+            low, high = None, opt(1, "max", None)
+        else:
+            low, high = opt(1, names[0], low_default), opt(2, names[1], high_default)
+        if set(kw) - set(names) - {"min", "max"}:
+            raise _NoFormula(node.op)
+        a = args[0]
+        if low is not None:
+            a = sympy.Max(a, low)
+        if high is not None:
+            a = sympy.Min(a, high)
+        return a
+    if short == "softplus" and args and opt(1, "beta", 1) == 1:
+        return _SOFTPLUS(args[0])  # its threshold is a shortcut where the two agree to rounding
+    raise _NoFormula(node.op)
+
+
+def formula(chain: list, x: Value) -> sympy.Expr | None:
+    """The chain as a formula in ``x`` (None: an op it cannot spell, or a formula too large)."""
+    env = {x.name: _X}
+    try:
+        for node in chain:
+            env[node.outputs[0].name] = _formula_of(node, env)
+    except (_NoFormula, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    out = env[chain[-1].outputs[0].name]
+    return out if sympy.count_ops(out) <= MAX_FORMULA_OPS else None
+
+
+def _rounded(expr: sympy.Expr, digits: int) -> sympy.Expr:
+    """``expr`` expanded, every float constant rounded to ``digits`` significant digits."""
+    def walk(e):
+        if e.is_Float or (e.is_Rational and not e.is_Integer):  # 1/6 and 0.1666... alike
+            if e != 0 and not 1e-30 < abs(e) < 1e30:
+                raise _NoFormula("a constant beyond float range")  # exp(-4e6): no float rounds it
+            r = float(f"{float(e):.{digits}g}")
+            return sympy.Integer(int(r)) if r.is_integer() else sympy.Float(r)
+        if not e.args:
+            return e
+        return e.func(*[walk(a) for a in e.args])
+
+    for _ in range(2):  # rounding can make terms alike that expand then combines
+        expr = sympy.expand(walk(sympy.expand(expr, deep=True)), deep=True)
+    return expr
+
+
+def same_formula(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """Are ``a`` and ``b`` the same formula, up to their float constants' 8th or 9th significant
+    digit? (Two constants that differ in the 12th digit round alike at one of the two.)"""
+    try:
+        return any(sympy.expand(_rounded(a, d) - _rounded(b, d)) == 0 for d in (8, 9))
+    except _NoFormula:
+        return False
+
+
 def _run(chain: list, x: Value, probe: torch.Tensor):
     from memplan.ir.interpret import run_node
 
@@ -94,9 +212,12 @@ def identify(chain: list, x: Value) -> tuple[str, dict] | None:
     except Exception:  # an op that refuses a 1-D probe or float64: not a function of x alone
         return None
     eps = torch.finfo(dtype).eps
-    for op, kwargs, want_wide, want_own in _references(dtype):
+    for k, (op, kwargs, want_wide, want_own) in enumerate(_references(dtype)):
         if _same(wide, want_wide, 1e-9, 1e-12) and _same(own, want_own, 64 * eps, 64 * eps):
-            return op, kwargs
+            mine = formula(chain, x)
+            if mine is not None and same_formula(mine, FORMULAS[k]):
+                return op, kwargs
+            return None  # the probes agree and the formula does not (or cannot be written): kept
     return None
 
 

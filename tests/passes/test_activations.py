@@ -16,6 +16,9 @@ SPELLINGS = {
     "gelu_erf": (lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))), "aten.gelu.default"),
     "silu": (lambda x: x * torch.sigmoid(x), "aten.silu.default"),
     "hardswish": (lambda x: x * torch.nn.functional.relu6(x + 3.0) / 6.0, "aten.hardswish.default"),
+    "hardswish_sixth": (lambda x: x * torch.clamp(x + 3, min=0, max=6) * (1 / 6), "aten.hardswish.default"),
+    "silu_exp": (lambda x: x / (1 + torch.exp(-x)), "aten.silu.default"),
+    "mish_log1p": (lambda x: x * torch.tanh(torch.log1p(torch.exp(x))), "aten.mish.default"),
 }
 
 
@@ -52,6 +55,9 @@ def test_a_spelt_out_activation_becomes_one_op(name):
     lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.05 * torch.pow(x, 3.0)))),  # a near miss
     lambda x: x * torch.sigmoid(x * 1.0001),  # silu, nearly
     lambda x: torch.tanh(x) * 2.0,  # a chain that is no known activation
+    # silu through tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2): the probes agree, the formula is
+    # not seen to: kept (it would be right; it is not proven)
+    lambda x: x * (torch.tanh(x / 2) + 1) / 2,
 ])
 def test_a_chain_that_is_not_the_activation_stays(fn):
     model, x = Act(fn).eval(), torch.randn(3, 40, 16)
@@ -97,3 +103,27 @@ def test_the_activation_inside_a_longer_chain_is_found():
     assert "aten.silu.default" in ops(cm) and "aten.sigmoid.default" not in ops(cm)
     with torch.no_grad():
         torch.testing.assert_close(cm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("at", [20.5, 20.503, 0.005])
+def test_a_bump_between_probes_is_computed(at):
+    fn = lambda x: (x * torch.sigmoid(x) + 1e6 * (torch.clamp(x, 20, 21) - 20) * (21 - torch.clamp(x, 20, 21))  # noqa: E731
+                    + 1e6 * torch.exp(-1e4 * (x - 20.503) ** 2) + 1e3 * torch.exp(-1e5 * (x - 0.005) ** 2))
+    model = Act(fn).eval()
+    x = torch.randn(3, 40, 16)
+    cm = memplan.compile(model, (x,), options={"fusion": "off"})
+    probe = torch.full((3, 40, 16), at)
+    with torch.no_grad():
+        model.up.weight.zero_(), model.up.bias.fill_(at)
+        torch.testing.assert_close(cm(probe), model(probe), rtol=1e-5, atol=1e-3)
+
+
+def test_formulas_match_up_to_constants_and_spelling():
+    from memplan.passes.activations import FORMULAS, _X, same_formula
+    import sympy
+    gelu_tanh = FORMULAS[0]
+    assert same_formula(0.5 * _X * (1 + sympy.tanh(0.7978845608 * _X * (1 + 0.044715 * _X ** 2))), gelu_tanh)
+    assert not same_formula(0.5 * _X * (1 + sympy.tanh(0.7978845608 * _X * (1 + 0.0447 * _X ** 2))), gelu_tanh)
+    assert not same_formula(gelu_tanh + sympy.exp(-1e4 * (_X - 20.5) ** 2), gelu_tanh)  # exp(-4e6): no float
+    assert same_formula(_X / (1 + sympy.exp(-_X)), FORMULAS[2])
+    assert not same_formula(_X / (1 + sympy.exp(-1.0001 * _X)), FORMULAS[2])
