@@ -58,7 +58,9 @@ def cmd_remat(args) -> int:
         raise MemplanError(f"--copies must be in 1..16, got {args.copies}")
     if args.budget_fraction is not None and not (math.isfinite(args.budget_fraction) and args.budget_fraction > 0):
         raise MemplanError(f"--budget-fraction must be a finite number > 0, got {args.budget_fraction:g}")
-    if args.output:
+    if args.output is not None:
+        if not args.output.strip():
+            raise OutputPathError("-o: an empty path")
         out = Path(args.output)
         if out.is_dir():
             raise OutputPathError(f"-o {out}: is a directory")
@@ -84,7 +86,7 @@ def cmd_remat(args) -> int:
     print(f"  {r.status} by {r.method}: peak {r.peak:,} B ({r.peak / max(topo.peak, 1):.3f} of topological), cost "
           f"{problem.file_cost(r.cost):g} (+{100 * added / max(topo.cost, 1):.2f}%, {extra} recomputations), "
           f"bound {problem.file_cost(r.bound):g} ({r.bound_scope}), gap {100 * r.gap:.2f}%, {r.solve_s:.1f} s")
-    if args.output:
+    if args.output is not None:
         data = {"schedule": [problem.ids[v] for v in r.schedule], "cost": problem.file_cost(r.cost), "peak": r.peak,
                 "status": r.status, "bound": problem.file_cost(r.bound), "bound_scope": r.bound_scope,
                 "gap": r.gap, "solve_s": round(r.solve_s, 3), "method": r.method, "budget": budget,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import ROUND_HALF_EVEN, Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,8 @@ class RematProblem:
     preds: list[list[int]]
     order: list[int]  # the reference topological order
     name: str = ""
-    cost_scale: float = 1.0  # file cost = cost / cost_scale
+    cost_scale: int = 1  # file cost = cost / cost_scale (a power of ten)
+    costs_exact: bool = True  # False: the file's costs were rounded to 1 / cost_scale
     succs: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self):
@@ -61,7 +63,7 @@ class RematProblem:
         return len(self.ids)
 
     def file_cost(self, cost: int) -> float:
-        return cost / self.cost_scale if self.cost_scale != 1.0 else cost
+        return cost / self.cost_scale if self.cost_scale != 1 else cost
 
     def min_peak_bound(self) -> int:
         """No schedule peaks lower: computing ``v`` holds its inputs and its output at once."""
@@ -201,14 +203,38 @@ def problem_from_node_link(data, where: str = "graph") -> RematProblem:
         if len(pos) != len(ids) or any(pos[u] >= pos[v] for v, ps in enumerate(preds) for u in ps):
             raise RematInputError(f"{where}: graph attribute 'order' is not a topological order of the graph")
         order = given
-    scale = 1.0
-    if any(c != int(c) for c in costs):  # fractional costs: integers for the solvers, scaled back on output
-        scale = 1e6
-    cost = [int(round(c * scale)) for c in costs]
-    return RematProblem(ids, cost, rams, preds, order, str(attrs.get("name", ""))[:200], scale)
+    if sum(rams) > MAX_TOTAL:
+        raise RematInputError(f"{where}: the nodes' cost_ram sum to {sum(rams):,}, above 2**58 (the solver's "
+                              "integers hold a budget's worth of every copy)")
+    cost, scale, exact = scaled_costs(costs, where)
+    return RematProblem(ids, cost, rams, preds, order, str(attrs.get("name", ""))[:200], scale, exact)
+
+
+MAX_TOTAL = 2**58  # sums of costs or bytes over all nodes: room for 16 copies of each in 2**62
+MAX_DECIMALS = 12
+
+
+def scaled_costs(costs: list, where: str = "graph") -> tuple[list[int], int, bool]:
+    """Integer costs for the solvers: each file cost times ``10**k``, the fewest decimals that
+    make every one whole (exact), or, where that would exceed the solvers' integers, the most
+    decimals that fit, rounded (not exact: an optimum is then optimal for the rounded costs)."""
+    decimals = [Decimal(c) if isinstance(c, int) else Decimal(repr(float(c))) for c in costs]
+    total = sum(decimals)
+    if total > MAX_TOTAL:
+        raise RematInputError(f"{where}: the nodes' cost_cpu sum to {total:.3e}, above 2**58")
+    k = min(MAX_DECIMALS, max((max(0, -d.as_tuple().exponent) for d in decimals), default=0))
+    exact = all(-d.as_tuple().exponent <= k for d in decimals)
+    while k > 0 and total * 10 ** k > MAX_TOTAL:
+        k, exact = k - 1, False
+    scale = 10 ** k
+    cost = [int((d * scale).to_integral_value(rounding=ROUND_HALF_EVEN)) for d in decimals]
+    exact = exact and all(c == d * scale for c, d in zip(cost, decimals))
+    return cost, scale, exact
 
 
 def _key(x):
+    if isinstance(x, bool):
+        return ("bool", str(x))  # never a node's key: ids are not booleans, and True is not node 1
     return (type(x).__name__ if not isinstance(x, (int, str)) else "v", x if isinstance(x, (int, str)) else str(x))
 
 

@@ -165,6 +165,11 @@ def test_cli_fails_with_the_smallest_peak_when_the_budget_cannot_be_met(tmp_path
      '{"id": 2, "cost_cpu": 1, "cost_ram": 2}], "links": [{"source": 1, "target": 2}]}', "not a topological order"),
     ('{"nodes": [{"id": "__import__(\'os\').system(\'echo hi\')", "cost_cpu": "1e9", "cost_ram": 2}], "links": []}',
      "cost_cpu must be"),
+    # a boolean endpoint is not node 1 (True == 1 in Python)
+    ('{"nodes": [{"id": 1, "cost_cpu": 1, "cost_ram": 2}, {"id": 2, "cost_cpu": 1, "cost_ram": 2}], '
+     '"links": [{"source": true, "target": 2}]}', "not in 'nodes'"),
+    ('{"nodes": [{"id": 1, "cost_cpu": 1, "cost_ram": 4000000000000000000}, '
+     '{"id": 2, "cost_cpu": 1, "cost_ram": 4000000000000000000}], "links": []}', "2**58"),
 ])
 def test_bad_graphs_get_one_line(tmp_path, text, words):
     g = tmp_path / "bad.json"
@@ -180,6 +185,7 @@ def test_bad_graphs_get_one_line(tmp_path, text, words):
     (["--budget", "-5"], "--budget"),
     (["--budget", "10", "--time-limit", "nan"], "--time-limit"),
     (["--budget", "10", "--copies", "0"], "--copies"),
+    (["--budget", "10", "-o", ""], "empty path"),
 ])
 def test_bad_arguments_get_one_line(tmp_path, args, words):
     g = tmp_path / "g.json"
@@ -193,3 +199,49 @@ def test_output_folder_must_exist(tmp_path):
     g.write_text(json.dumps(training_graph(3)))
     r = run_cli(g, "--budget", "100000", "-o", tmp_path / "nope" / "out.json")
     assert r.returncode != 0 and "does not exist" in r.stderr
+
+
+def test_fractional_costs_are_exact_or_the_optimum_is_not_claimed():
+    from memplan.solvers.remat_problem import scaled_costs
+    assert scaled_costs([1, 2.5, 0.125]) == ([1000, 2500, 125], 1000, True)
+    assert scaled_costs([3, 4]) == ([3, 4], 1, True)
+    cost, scale, exact = scaled_costs([0.1234567890123456, 1.0])  # 16 decimals: rounded to 12
+    assert scale == 10 ** 12 and not exact and cost[1] == 10 ** 12
+    # a choice that rounding to six decimals would call a tie: 1e-7 apart
+    g = training_graph(6)
+    for k, node in enumerate(g["nodes"]):
+        node["cost_cpu"] = node["cost_cpu"] + 0.5 + k * 1e-7
+    problem = problem_from_node_link(g)
+    assert problem.costs_exact and problem.cost_scale == 10 ** 7
+    topo = evaluate(problem, problem.order)
+    r = solve_remat(problem, int(topo.peak * 0.8), time_limit=10)
+    assert r.fits
+    want = sum(float(g["nodes"][v]["cost_cpu"]) for v in r.schedule)
+    assert math.isclose(problem.file_cost(r.cost), want, rel_tol=1e-12)
+    g["nodes"][0]["cost_cpu"] = 1 / 3  # 0.333...: 16 decimals, rounded
+    rounded = problem_from_node_link(g)
+    assert not rounded.costs_exact
+    r = solve_remat(rounded, int(topo.peak * 0.8), time_limit=10)
+    assert r.status == "FEASIBLE" and "rounded" in r.bound_scope
+
+
+def test_copies_grow_when_too_few_make_the_budget_impossible(monkeypatch):
+    import memplan.solvers.remat as remat
+    problem = problem_from_node_link(training_graph(10, seed=3))
+    topo = evaluate(problem, problem.order)
+    budget = int(topo.peak * 0.6)  # within reach with two computations of a node, not with one
+    monkeypatch.setattr(remat, "greedy", lambda p, b, deadline: (list(p.order), topo))  # a greedy that finds nothing
+    r = solve_remat(problem, budget, time_limit=20, keep_order=True, copies=1)
+    assert r.fits and r.peak <= budget and r.method == "cp-sat", (r.status, r.method)
+    assert max(r.schedule.count(v) for v in set(r.schedule)) >= 2
+
+
+def test_a_model_too_large_to_build_in_time_is_not_built(monkeypatch):
+    import time as _time
+    import memplan.solvers.remat as remat
+    problem = problem_from_node_link(layered_graph(300, seed=2))
+    topo = evaluate(problem, problem.order)
+    monkeypatch.setattr(remat, "BUILD_S_PER_LITERAL", 1.0)  # as if each literal took a second
+    t = _time.perf_counter()
+    r = solve_remat(problem, int(topo.peak * 0.9), time_limit=3)
+    assert _time.perf_counter() - t < 5 and "CP-SAT not run" in r.bound_scope
