@@ -15,13 +15,14 @@ __version__ = "0.1.0"
 
 # compile, lower and CompiledModule load torch and every pass: they are imported on first use, so that
 # what needs none of that (`memplan alloc`, plan files, targets) starts at once
-_LAZY = {"compile": "memplan.api", "lower": "memplan.api", "CompiledModule": "memplan.api"}
+_LAZY = {"compile": "memplan.api", "lower": "memplan.api", "CompiledModule": "memplan.api",
+         "backend": "memplan.training"}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from memplan import api
-        value = getattr(api, name)
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'memplan' has no attribute {name!r}")
@@ -30,7 +31,7 @@ def __getattr__(name):
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
-__all__ = ["compile", "lower", "CompiledModule", "Plan", "HardwareSpec", "MemoryTier", "PRESETS",
+__all__ = ["compile", "lower", "CompiledModule", "backend", "Plan", "HardwareSpec", "MemoryTier", "PRESETS",
            "load_target", "parse_bytes", "format_bytes", "MemplanError", "BudgetFormatError",
            "BudgetInfeasibleError", "InputMismatchError", "ModelLoadError", "TargetError",
            "UnsupportedOpError"]

@@ -86,6 +86,17 @@ class CompiledModule:
         with torch.no_grad():
             return self._run(self._weights, *args)
 
+    def call_boxed(self, args: list):
+        """Run the plan on the inputs in ``args``, a list it empties: an input that nothing else
+        holds (an activation saved for backward) is freed at its last use, not at the end."""
+        ready = list(self.check_inputs(args))
+        args.clear()
+        boxed = getattr(self._run, "boxed", None)
+        with torch.no_grad():
+            if boxed is None:
+                return self._run(self._weights, *ready)
+            return boxed(self._weights, ready)
+
     def __repr__(self) -> str:
         return (f"<CompiledModule {self.graph.name}: {len(self.plan.schedule)} steps on {self.target.name}, "
                 f"{self.backend.name} backend>")
@@ -128,7 +139,7 @@ def lower(model_or_path, example_inputs=None) -> Graph:
 
 def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None, *,
             pipeline: list[str] | None = None, dump_ir_after=None, dump_dir=None,
-            verify_each: bool = False, options: dict | None = None, backend="pytorch") -> CompiledModule:
+            verify_each: bool = False, options: dict | None = None, backend="pytorch", mode: str = "inference"):
     """Lower, plan and build a model.
 
     ``model_or_path``: an ``nn.Module`` (with ``example_inputs``), an
@@ -146,7 +157,9 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     (fused regions and row reductions as Triton kernels, launched by a Python
     launcher that calls aten for the rest; without a GPU the kernels run in
     Triton's interpreter); the planner asks the backend what scratch its
-    kernels need.
+    kernels need. ``mode="train"``: a :class:`~memplan.training.TrainModule` whose
+    forward and backward run planned code (an ordinary ``loss.backward(); opt.step()``
+    loop works), the budget bounding each training step's planned peak.
 
     >>> import torch, memplan
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
@@ -154,6 +167,14 @@ def compile(model_or_path, example_inputs=None, target="cpu", memory_budget=None
     >>> torch.allclose(cm(torch.ones(2, 8)), model(torch.ones(2, 8)))
     True
     """
+    if mode not in ("inference", "train"):
+        raise MemplanError(f"mode must be 'inference' or 'train', got {mode!r}")
+    if mode == "train":
+        if pipeline is not None or dump_ir_after is not None:
+            raise MemplanError("mode='train' takes no pipeline or dump_ir_after (each graph runs the default one)")
+        from memplan.training import compile_train
+        load_target(target)  # a bad target fails now, not at the first step
+        return compile_train(model_or_path, example_inputs, target, memory_budget, options=options, backend=backend)
     spec = load_target(target)
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     start = time.perf_counter()

@@ -112,9 +112,14 @@ def emit_python(graph: Graph, plan: Plan | None = None, check=None) -> str:
     lines += plan_comment(check)
     lines += ["from math import inf, nan", "", "import torch", "", "aten = torch.ops.aten", "", ""]
     functions: list[list[str]] = []
-    main_fn = _function(graph, "run", functions, weights=True)
+    names = _Names()
+    main_fn = _function(graph, "run_boxed", functions, weights=True, names=names, boxed=True)
     for fn in functions:
         lines += fn + ["", ""]
+    params = [names(v) for v in graph.inputs]
+    lines += [f"def run({', '.join(['weights'] + params)}):",
+              "    # the inputs in a list that run_boxed empties: an input nobody else holds is freed at its last use",
+              f"    return run_boxed(weights, [{', '.join(params)}])", "", ""]
     lines += main_fn
     return "\n".join(lines) + "\n"
 
@@ -131,7 +136,7 @@ def plan_comment(check) -> list[str]:
 
 
 def _function(graph: Graph, fname: str, functions: list[list[str]], *, weights: bool,
-              names: "_Names | None" = None, emit_step=None) -> list[str]:
+              names: "_Names | None" = None, emit_step=None, boxed: bool = False) -> list[str]:
     """The lines of ``def fname(...)`` running ``graph``; the body of each region node becomes a
     function of its own, appended to ``functions`` (inner ones first). ``names``: the value names
     (a backend may keep more words clear); ``emit_step(node, names, comment)``: a backend's lines
@@ -139,8 +144,13 @@ def _function(graph: Graph, fname: str, functions: list[list[str]], *, weights: 
     names = names if names is not None else _Names()
     params = ", ".join(names(v) for v in graph.inputs)
     head = f"weights{', ' if params else ''}{params}" if weights else params
+    body = []
+    if boxed:  # the inputs come in a list, emptied here: the only references are then this frame's
+        head = "weights, inputs" if weights else "inputs"
+        if params:
+            body += [f"{params}, = inputs", "inputs.clear()"]
     lines = [f"def {fname}({head}):"]
-    body = [f"{names(p)} = weights[{p.name!r}]" for p in graph.params]
+    body += [f"{names(p)} = weights[{p.name!r}]" for p in graph.params]
     body += _storage_prologue(graph)
     freed_at = _last_uses(graph)
     for step, node in enumerate(graph.nodes):
@@ -399,7 +409,10 @@ def load_python(source: str, module_name: str = "memplan_generated"):
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"__name__": module_name, "memplan_ops": _CustomOps(_CUSTOM), "fresh": fresh}
     exec(compile(source, filename, "exec"), namespace)
-    return namespace["run"]
+    run = namespace["run"]
+    if "run_boxed" in namespace:
+        run.boxed = namespace["run_boxed"]  # CompiledModule.call_boxed
+    return run
 
 
 class _CustomOps:

@@ -8,7 +8,7 @@ backend (Triton) has another table.
 """
 from __future__ import annotations
 
-from memplan.ir.ops import _CUSTOM, lookup, resolve_aten
+from memplan.ir.ops import _CUSTOM, MASKED_OUTPUTS, lookup, resolve_aten
 
 
 def out_variant(name: str) -> tuple[str, list[str]] | None:
@@ -25,7 +25,7 @@ def out_variant(name: str) -> tuple[str, list[str]] | None:
         result = (f"{_OUT_OVERRIDES[name]}.out", list(_CUSTOM[_OUT_OVERRIDES[name]].out_args))
     elif name in _CUSTOM and _CUSTOM[name].out_args:
         result = (f"{name}.out", list(_CUSTOM[name].out_args))
-    elif name.startswith("aten.") and not lookup(name).view:
+    elif name.startswith("aten.") and not lookup(name).view and name not in MASKED_OUTPUTS and name not in _NO_OUT:
         from torch._library._out_variant import get_out_arg_names, to_out_variant
         try:
             out_op = to_out_variant(resolve_aten(name))
@@ -45,6 +45,11 @@ _OUT_OVERRIDES = {"aten.constant_pad_nd.default": "memplan.constant_pad_nd",
                   "aten.clone.default": "memplan.clone",
                   "aten.embedding.default": "memplan.embedding",
                   "aten._native_batch_norm_legit_no_training.default": "memplan.batch_norm_inference"}
+
+
+# aten ops whose out= form computes the whole result apart and copies it (a result's worth of
+# scratch) and that memplan has no kernel of its own for: they allocate their results
+_NO_OUT = frozenset({"aten.embedding_dense_backward.default"})
 
 
 def resolve_out(out_name: str):

@@ -79,6 +79,27 @@ avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptiv
 _adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool2d adaptive_max_pool1d
 einsum dot vdot mv outer _weight_norm_interface lstm gru
 """.split()
+# what AOTAutograd's joint graphs add for training (memplan.backend): the backward of each op above,
+# losses, and the functional batch norm (it returns the updated running statistics)
+_BACKWARD_ELEMENTWISE = """
+threshold_backward gelu_backward silu_backward sigmoid_backward tanh_backward hardswish_backward
+hardsigmoid_backward elu_backward leaky_relu_backward softplus_backward hardtanh_backward mish_backward
+""".split()
+_BACKWARD_OPAQUE = """
+native_layer_norm_backward _softmax_backward_data _log_softmax_backward_data nll_loss_forward
+nll_loss_backward nll_loss2d_forward nll_loss2d_backward mse_loss mse_loss_backward embedding_dense_backward
+convolution_backward max_pool2d_with_indices_backward avg_pool2d_backward _adaptive_avg_pool2d_backward
+native_batch_norm_backward native_group_norm_backward _native_batch_norm_legit_functional
+_scaled_dot_product_flash_attention_for_cpu_backward _scaled_dot_product_efficient_attention_backward
+binary_cross_entropy binary_cross_entropy_backward binary_cross_entropy_with_logits smooth_l1_loss
+smooth_l1_loss_backward huber_loss huber_loss_backward _fused_rms_norm_backward select_backward slice_backward
+index_add _safe_softmax_backward
+""".split()
+# backward ops with an output_mask: a gradient the mask turns off is None (an empty tensor in the IR),
+# and their out= forms refuse an empty out tensor, so they allocate their results
+MASKED_OUTPUTS = frozenset({"aten.convolution_backward.default", "aten.native_layer_norm_backward.default",
+                            "aten.native_batch_norm_backward.default", "aten.native_group_norm_backward.default",
+                            "aten._fused_rms_norm_backward.default"})
 # aten ops memplan refuses, with the reason users see.
 _REFUSED = {
     "nonzero": "its output shape depends on the data",
@@ -97,7 +118,8 @@ _REFUSED = {
 ATEN_KINDS: dict[str, OpKind] = {}
 for _names, _kind in ((_ELEMENTWISE, OpKind.ELEMENTWISE), (_BROADCAST, OpKind.BROADCAST),
                       (_INJECTIVE, OpKind.INJECTIVE), (_VIEWS, OpKind.INJECTIVE),
-                      (_REDUCTION, OpKind.REDUCTION), (_OPAQUE, OpKind.OPAQUE)):
+                      (_REDUCTION, OpKind.REDUCTION), (_OPAQUE, OpKind.OPAQUE),
+                      (_BACKWARD_ELEMENTWISE, OpKind.BROADCAST), (_BACKWARD_OPAQUE, OpKind.OPAQUE)):
     for _n in _names:
         ATEN_KINDS[_n] = _kind
 ATEN_VIEWS = frozenset(_VIEWS) - {"reshape"}  # reshape may copy
@@ -308,7 +330,8 @@ def flatten_outputs(result) -> list[torch.Tensor]:
     if isinstance(result, (tuple, list)):
         out = []
         for r in result:
-            out.extend(flatten_outputs(r))
+            # None: a gradient a backward op's output_mask turned off; an empty tensor stands for it
+            out.extend([torch.empty(0)] if r is None else flatten_outputs(r))
         return out
     raise TypeError(f"op returned {type(result).__name__}, not tensors")
 

@@ -1,0 +1,374 @@
+"""Training through planned code: ``memplan.compile(model, x, mode="train", memory_budget=...)`` and
+``torch.compile(model, backend=memplan.backend(...))``.
+
+AOTAutograd (``torch._dynamo.backends.common.aot_autograd``) traces the joint forward and backward
+of what Dynamo captured and partitions it into a forward graph (parameters and inputs in; outputs
+and the activations saved for backward out) and a backward graph (saved activations and output
+gradients in; gradients out). memplan plans and emits each like an inference graph, and
+AOTAutograd's ``autograd.Function`` runs them, so an ordinary loop (``loss_fn(cm(x), y).backward();
+opt.step()``) works unchanged and the parameters' ``.grad`` are eager's.
+
+The budget bounds the training step. Each graph's storage lives while it runs; what crosses from
+forward to backward is the saved activations (the forward's outputs). So the step's peak is the
+larger of the forward's planned peak (its outputs included) and the backward's planned peak plus
+what it reads that the forward made: saved activations, output gradients and the outputs the
+caller holds. :func:`step_peak` computes it. Under a budget, memplan's partitioner tries
+partitions that save less and recompute more (AOTAutograd's own default first, then its min-cut
+partitioner at lowering ``activation_memory_budget``), plans both graphs of each within the bytes
+left to them, and takes the first whose step peak fits; where none does,
+:class:`~memplan.errors.BudgetInfeasibleError` gives the smallest step peak found.
+
+Not yet (issue 11): memplan's own recomputation solver on the joint graph (``memplan remat``
+solves such instances standalone), the optimizer in the plan, dropout in training (random ops are
+refused).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from memplan.errors import BudgetInfeasibleError, MemplanError
+
+# partitions tried under a budget, in order: AOTAutograd's default (saves what backward reads), then
+# its min-cut partitioner at each activation_memory_budget (a fraction of the saved bytes it keeps)
+KNOBS = (None, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
+
+
+def _tensor_bytes(node) -> int:
+    val = node.meta.get("val") if hasattr(node, "meta") else None
+    if isinstance(val, torch.Tensor):
+        return int(val.numel()) * val.element_size()
+    return 0
+
+
+def _dense_order(a) -> list[int] | None:
+    """The permutation ``perm`` with ``a.permute(perm)`` contiguous, for a tensor ``a`` that is a
+    transposed view (a saved ``weight.t()``); None where ``a`` is contiguous or no permutation
+    makes it so (an expanded or sliced view)."""
+    if not isinstance(a, torch.Tensor) or a.is_contiguous() or a.dim() < 2:
+        return None
+    perm = sorted(range(a.dim()), key=lambda d: (-int(a.stride(d)), -int(a.shape[d])))
+    dense = a.permute(perm)
+    return perm if dense.is_contiguous() else None
+
+
+def _prepare(gm: torch.fx.GraphModule, examples: list):
+    """A copy of ``gm`` for memplan: only its tensor outputs (the backward returns None for inputs
+    that need no gradient), and each transposed input taken in its dense order and permuted back
+    inside (a saved ``weight.t()`` is read where it lies, not copied to row-major). Returns the copy,
+    its example inputs, the kept output positions, the output count and the input permutations."""
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    flat = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+    keep = [i for i, o in enumerate(flat) if isinstance(o, torch.fx.Node)]
+    if not keep:
+        raise MemplanError("a captured graph returns no tensor")
+    graph = torch.fx.Graph()
+    env: dict = {}
+    perms: list = []
+    ready = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, a in zip(placeholders, examples):
+        perm = _dense_order(a)
+        perms.append(perm)
+        if perm is None:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+            ready.append(a)
+            continue
+        base = graph.placeholder(f"{node.name}_dense")
+        inverse = sorted(range(len(perm)), key=perm.__getitem__)
+        env[node] = graph.call_function(torch.ops.aten.permute.default, (base, inverse))
+        ready.append(a.permute(perm))
+    for node in gm.graph.nodes:
+        if node.op not in ("placeholder", "output"):
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(tuple(env[flat[i]] for i in keep))
+    return torch.fx.GraphModule(gm, graph), ready, keep, len(flat), perms
+
+
+def _real(a):
+    """A real tensor like the example ``a`` (values: small normals for floats, zeros otherwise)."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    out = torch.empty_strided(tuple(int(d) for d in a.shape), tuple(int(s) for s in a.stride()), dtype=a.dtype,
+                              device="cpu" if a.device.type == "meta" else a.device)
+    with torch.no_grad():
+        if a.dtype.is_floating_point or a.dtype.is_complex:
+            out.normal_()
+        else:
+            out.zero_()
+    return out
+
+
+def _plan_graph(gm: torch.fx.GraphModule, example_inputs, compile_kwargs: dict, budget=None):
+    """memplan's CompiledModule of ``gm`` (None outputs stripped) and a boxed runner that puts them
+    back, as AOTAutograd calls it."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from memplan.api import compile as memplan_compile
+
+    with unset_fake_temporarily():  # AOTAutograd hands fake tensors; memplan runs what it plans
+        examples = [_real(a) for a in example_inputs]
+        stripped, examples, keep, total, perms = _prepare(gm, examples)
+        kwargs = dict(compile_kwargs)
+        if budget is not None:
+            kwargs["memory_budget"] = max(0, int(budget))
+        cm = memplan_compile(stripped, tuple(examples), **kwargs)
+    permuted = [(i, p) for i, p in enumerate(perms) if p is not None]
+
+    def run(args):
+        for i, p in permuted:
+            args[i] = args[i].permute(p)
+        results = cm.call_boxed(args)  # empties args: each input is freed at its last use
+        results = results if isinstance(results, tuple) else (results,)
+        full = [None] * total
+        for i, r in zip(keep, results):
+            full[i] = r
+        return full
+
+    run._boxed_call = True  # AOTAutograd passes one list of arguments
+    return cm, run
+
+
+@dataclass
+class TrainingPlan:
+    """What memplan chose for one captured graph: the partition, both plans and the step peak."""
+
+    partition: str
+    forward: object  # CompiledModule
+    backward: object
+    crossing_bytes: int  # what the backward reads that the forward made (saved activations, output gradients)
+    output_bytes: int  # the forward's outputs the caller holds during backward
+    backward_step_peak: int  # the backward's planned peak with its inputs live until their last read
+    step_peak: int
+    budget: int | None
+    tried: list = field(default_factory=list)  # (partition, step peak or the reason it failed)
+
+    def __str__(self) -> str:
+        from memplan.units import format_bytes as f
+        return (f"partition {self.partition}: step peak {f(self.step_peak)} = max(forward {f(self.forward_peak)}, "
+                f"backward {f(self.backward_step_peak)}: its own {f(self.backward_peak)}, with saved activations and "
+                f"output gradients ({f(self.crossing_bytes)} in all) each until its last read, and outputs held "
+                f"{f(self.output_bytes)})" + (f"; budget {f(self.budget)}" if self.budget is not None else ""))
+
+    @property
+    def forward_peak(self) -> int:
+        return int(self.forward.plan.stats["planned_peak_bytes"])
+
+    @property
+    def backward_peak(self) -> int:
+        return int(self.backward.plan.stats["planned_peak_bytes"])
+
+
+def _storage(val):
+    from torch.multiprocessing.reductions import StorageWeakRef
+    try:
+        return StorageWeakRef(val.untyped_storage())
+    except Exception:  # noqa: BLE001  (a tensor without storage: counted as its own)
+        return None
+
+
+def _crossing(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_outputs: int):
+    """What the backward reads that the forward computed: per backward input, its bytes (0 for a
+    parameter or input the forward saves, or a view of one: it lives anyway); and the bytes of the
+    forward's outputs the caller holds during the backward."""
+    fw_inputs = {n.name for n in fw.graph.nodes if n.op == "placeholder"}
+    resident = {_storage(n.meta["val"]) for n in fw.graph.nodes
+                if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)} - {None}
+    made = {n.name: n for n in fw.graph.nodes}
+    per_input = []
+    for n in bw.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        source = made.get(n.name, n)
+        val = source.meta.get("val")
+        lives_anyway = n.name in fw_inputs or (isinstance(val, torch.Tensor) and _storage(val) in resident)
+        per_input.append(0 if lives_anyway else _tensor_bytes(source))
+    out_node = next(n for n in fw.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+    user = sum(_tensor_bytes(o) for o in outs[:num_fwd_outputs]
+               if isinstance(o, torch.fx.Node) and o.op != "placeholder"
+               and _storage(o.meta.get("val")) not in resident)
+    return per_input, user
+
+
+def _backward_peak(bcm, per_input: list[int]) -> int:
+    """The backward's planned peak with the bytes of its inputs that nothing else holds (saved
+    activations, output gradients), each live until its last read in the plan (it is freed then)."""
+    from memplan.analysis.check import verify_plan
+
+    graph = bcm.graph
+    check = verify_plan(graph)
+    main = check.main_tier
+    row = list(check.outside_profile.get(main, [0])) or [0]
+    last = {}
+    for step, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            last[v.name] = step
+    outputs = {v.name for v in graph.outputs}
+    for v, nbytes in zip(graph.inputs, per_input):
+        if not nbytes:
+            continue
+        stop = len(row) - 1 if v.name in outputs else last.get(v.name, -1)
+        for j in range(min(stop, len(row) - 1) + 1):
+            row[j] += nbytes
+    return check.storage_bytes.get(main, 0) + max(row)
+
+
+def _partitions(joint, joint_inputs, num_fwd_outputs, **kwargs):
+    """Candidate (name, forward, backward) partitions, saving less as they go."""
+    from torch._functorch import config as functorch_config
+    from torch._functorch.partitioners import default_partition, min_cut_rematerialization_partition
+
+    for knob in KNOBS:
+        if knob is None:
+            name = "default"
+            fw, bw = default_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
+        else:
+            name = f"min-cut (activation_memory_budget {knob})"
+            with functorch_config.patch(activation_memory_budget=knob):
+                fw, bw = min_cut_rematerialization_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs,
+                                                             **kwargs)
+        yield name, fw, bw
+
+
+class _Planner:
+    """The partition function and the two graph compilers handed to AOTAutograd, sharing the plans
+    made while partitioning (each graph is planned once)."""
+
+    def __init__(self, compile_kwargs: dict, memory_budget):
+        from memplan.units import parse_bytes
+        self.kwargs = dict(compile_kwargs)
+        self.budget = parse_bytes(memory_budget) if memory_budget is not None else None
+        self.kwargs["memory_budget"] = None
+        self.plans: list[TrainingPlan] = []
+        self.compiled: list = []  # every CompiledModule handed to AOTAutograd, in order
+        self._ready: dict[str, tuple] = {}  # graph code -> (cm, runner), planned while partitioning
+
+    def partition(self, joint, joint_inputs, *, num_fwd_outputs, **kwargs):
+        tried, best = [], None
+        from memplan.units import format_bytes as f
+        for name, fw, bw in _partitions(joint, joint_inputs, num_fwd_outputs, **kwargs):
+            per_input, user = _crossing(fw, bw, num_fwd_outputs)
+            crossing = sum(per_input) + user
+            try:
+                fcm, frun = _plan_graph(fw, _examples(fw), self.kwargs, self.budget)
+            except BudgetInfeasibleError as exc:
+                tried.append((name, f"forward alone peaks at {f(exc.best_peak)} at least"))
+                continue
+            # the backward's inputs are freed at their last reads, which its own plan does not see:
+            # planned without a budget first, then, where the step is over, within what is left
+            # with every input held throughout (enough, if it fits)
+            bcm, brun = _plan_graph(bw, _examples(bw), self.kwargs, None)
+            backward = _backward_peak(bcm, per_input) + user
+            if self.budget is not None and backward > self.budget and self.budget > crossing:
+                try:
+                    tight = _plan_graph(bw, _examples(bw), self.kwargs, self.budget - crossing)
+                    tight_peak = _backward_peak(tight[0], per_input) + user
+                    if tight_peak < backward:
+                        (bcm, brun), backward = tight, tight_peak
+                except BudgetInfeasibleError:
+                    pass
+            peak = max(int(fcm.plan.stats["planned_peak_bytes"]), backward)
+            tried.append((name, peak))
+            plan = TrainingPlan(name, fcm, bcm, sum(per_input), user, backward, peak, self.budget, tried)
+            if best is None or peak < best.step_peak:
+                best = plan
+            if self.budget is None or peak <= self.budget:
+                self.plans.append(plan)
+                self._ready[fw.code] = (fcm, frun)
+                self._ready[bw.code] = (bcm, brun)
+                return fw, bw
+        lines = "; ".join(f"{n}: {p if isinstance(p, str) else f(p)}" for n, p in tried)
+        smallest = best.step_peak if best is not None else 0
+        raise BudgetInfeasibleError(
+            f"no partition of the training step fits the budget {f(self.budget)} ({self.budget:,} B): "
+            f"the smallest step peak found is {f(smallest)} ({lines})",
+            budget=self.budget, best_peak=smallest, lower_bound=0, live_at_peak=[])
+
+    def compile_graph(self, gm, example_inputs):
+        ready = self._ready.pop(gm.code, None)
+        if ready is None:
+            ready = _plan_graph(gm, example_inputs, self.kwargs, self.budget)
+        self.compiled.append(ready[0])
+        return ready[1]
+
+
+def _examples(gm: torch.fx.GraphModule) -> list:
+    return [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def backend(target="cpu", memory_budget=None, *, options: dict | None = None, backend: str = "pytorch"):
+    """A ``torch.compile`` backend that runs forward (and, when training, backward) graphs as
+    memplan-planned code. ``memory_budget`` bounds each training step's planned peak (see the
+    module's docstring). Attributes of the returned callable: ``compiled`` (the
+    :class:`~memplan.api.CompiledModule` of every graph compiled) and ``plans`` (a
+    :class:`TrainingPlan` per graph captured for training).
+
+    >>> import torch, memplan
+    >>> model = torch.nn.Linear(4, 2)
+    >>> cm = torch.compile(model, backend=memplan.backend())
+    >>> cm(torch.randn(3, 4)).sum().backward()
+    """
+    return _make_backend(target, memory_budget, options, backend)
+
+
+def _make_backend(target, memory_budget, options, backend_name):
+    from torch._dynamo.backends.common import aot_autograd
+
+    planner = _Planner({"target": target, "options": options, "backend": backend_name}, memory_budget)
+    fn = aot_autograd(fw_compiler=planner.compile_graph, bw_compiler=planner.compile_graph,
+                      inference_compiler=planner.compile_graph, partition_fn=planner.partition)
+
+    def memplan_backend(gm, example_inputs):
+        return fn(gm, example_inputs)
+
+    memplan_backend.compiled = planner.compiled
+    memplan_backend.plans = planner.plans
+    return memplan_backend
+
+
+class TrainModule(torch.nn.Module):
+    """A model whose forward and backward run memplan-planned code (``memplan.compile(...,
+    mode="train")``). Its parameters are the model's: an optimizer over either updates both.
+    Graphs are captured and planned at the first call (and again for inputs of a new shape)."""
+
+    def __init__(self, model: torch.nn.Module, be):
+        super().__init__()
+        self.model = model
+        self._backend = be
+        self._compiled = torch.compile(model, backend=be, dynamic=False)
+
+    @property
+    def plans(self) -> list[TrainingPlan]:
+        return self._backend.plans
+
+    @property
+    def compiled(self) -> list:
+        return self._backend.compiled
+
+    def forward(self, *args, **kwargs):
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as exc:  # Dynamo wraps a backend's error; the user sees memplan's
+            inner = exc
+            while inner is not None and not isinstance(inner, MemplanError):
+                inner = getattr(inner, "inner_exception", None) or inner.__cause__
+            if isinstance(inner, MemplanError):
+                raise inner.with_traceback(None) from None
+            raise
+
+
+def compile_train(model, example_inputs=None, target="cpu", memory_budget=None, *, options=None,
+                  backend="pytorch") -> TrainModule:
+    """``memplan.compile(..., mode="train")``: a :class:`TrainModule` of ``model``. Its graphs are
+    captured and planned at its first call, as ``torch.compile``'s are (a budget that no partition
+    meets raises there, before anything runs); ``example_inputs``, where given, are checked to be
+    tensors."""
+    if not isinstance(model, torch.nn.Module):
+        raise MemplanError(f"mode='train' takes an nn.Module, got {type(model).__name__}")
+    if example_inputs is not None and not all(isinstance(a, torch.Tensor) for a in example_inputs):
+        raise MemplanError("mode='train': example_inputs must be tensors")
+    return TrainModule(model, _make_backend(target, memory_budget, options, backend))
