@@ -21,8 +21,11 @@ _LAZY = {"compile": "memplan.api", "lower": "memplan.api", "CompiledModule": "me
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        if _LAZY[name] == "memplan.api":
+            from memplan import api as module
+        else:
+            from memplan import training as module
+        value = getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'memplan' has no attribute {name!r}")

@@ -106,7 +106,8 @@ def _plan_graph(gm: torch.fx.GraphModule, example_inputs, compile_kwargs: dict, 
     back, as AOTAutograd calls it."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    from memplan.api import compile as memplan_compile
+    from memplan.compiled import compile_graph as memplan_compile
+    from memplan.ir.ops import allow_random
 
     with unset_fake_temporarily():  # AOTAutograd hands fake tensors; memplan runs what it plans
         examples = [_real(a) for a in example_inputs]
@@ -114,7 +115,8 @@ def _plan_graph(gm: torch.fx.GraphModule, example_inputs, compile_kwargs: dict, 
         kwargs = dict(compile_kwargs)
         if budget is not None:
             kwargs["memory_budget"] = max(0, int(budget))
-        cm = memplan_compile(stripped, tuple(examples), **kwargs)
+        with allow_random():  # a dropout draws its mask once, in the forward (never recomputed)
+            cm = memplan_compile(stripped, tuple(examples), **kwargs)
     permuted = [(i, p) for i, p in enumerate(perms) if p is not None]
 
     def run(args):
@@ -248,7 +250,7 @@ class _Planner:
         self._ready: dict[str, tuple] = {}  # graph code -> (cm, runner), planned while partitioning
 
     def partition(self, joint, joint_inputs, *, num_fwd_outputs, **kwargs):
-        tried, best = [], None
+        tried, best, forward_least = [], None, None
         from memplan.units import format_bytes as f
         for name, fw, bw in _partitions(joint, joint_inputs, num_fwd_outputs, **kwargs):
             per_input, user = _crossing(fw, bw, num_fwd_outputs)
@@ -257,6 +259,7 @@ class _Planner:
                 fcm, frun = _plan_graph(fw, _examples(fw), self.kwargs, self.budget)
             except BudgetInfeasibleError as exc:
                 tried.append((name, f"forward alone peaks at {f(exc.best_peak)} at least"))
+                forward_least = exc.best_peak if forward_least is None else min(forward_least, exc.best_peak)
                 continue
             # the backward's inputs are freed at their last reads, which its own plan does not see:
             # planned without a budget first, then, where the step is over, within what is left
@@ -282,10 +285,15 @@ class _Planner:
                 self._ready[bw.code] = (bcm, brun)
                 return fw, bw
         lines = "; ".join(f"{n}: {p if isinstance(p, str) else f(p)}" for n, p in tried)
-        smallest = best.step_peak if best is not None else 0
+        if best is not None:
+            smallest = best.step_peak
+            found = f"the smallest step peak found is {f(smallest)}"
+        else:
+            smallest = forward_least or 0
+            found = f"every partition's forward alone peaks at {f(smallest)} or more"
         raise BudgetInfeasibleError(
             f"no partition of the training step fits the budget {f(self.budget)} ({self.budget:,} B): "
-            f"the smallest step peak found is {f(smallest)} ({lines})",
+            f"{found} ({lines})",
             budget=self.budget, best_peak=smallest, lower_bound=0, live_at_peak=[])
 
     def compile_graph(self, gm, example_inputs):

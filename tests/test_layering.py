@@ -40,7 +40,7 @@ PACKAGE = "memplan"
 KNOWN_CYCLES_BEING_FIXED: frozenset[tuple[str, ...]] = frozenset()
 KNOWN_CYCLE_EDGES_BEING_FIXED: frozenset[tuple[str, str]] = frozenset()
 
-FACE = {"memplan", "memplan.api", "memplan.cli"}
+FACE = {"memplan", "memplan.api", "memplan.cli"}  # memplan.compiled and memplan.training sit beneath api
 LOWER_LAYERS = ("ir", "analysis", "passes", "solvers", "backends", "frontend")
 TESTING = "memplan.testing"  # above the face: drives the public API; nothing else imports it
 SOLVERS_MAY_IMPORT = {"memplan.errors", "memplan.units"}
@@ -181,7 +181,7 @@ def test_graph_sees_the_package(graph):
     # guard against a parser that silently finds nothing
     assert {"memplan", "memplan.api", "memplan.ir.ops", "memplan.solvers.allocation"} <= set(graph)
     assert graph.has_edge("memplan", "memplan.api")
-    assert graph.has_edge("memplan.api", "memplan.frontend.onnx")  # a lazy import counts
+    assert graph.has_edge("memplan.compiled", "memplan.frontend.onnx")  # a lazy import counts
 
 
 def test_no_import_cycles(graph):

@@ -181,3 +181,15 @@ def test_unmutated_seeds_are_valid(workdir):
             path = workdir / f"seed{k}{suffix}"
             path.write_bytes(data)
             read(path)
+
+
+def test_unary_minus_of_a_negative_is_not_a_power_of_zero():
+    """Found by the fuzzer: ``- - 1/2`` in a dim computed every operator on (0, -1), 0 ** -1 too."""
+    from memplan.errors import MemplanError
+    from memplan.ir.parser import parse
+    text = ("graph sym(%x: f32[b, 4]) {\n  %view: f32[floor(b/2 - 1/2) + 1, 8] = aten.view.default(%x, "
+            "[floor(b/2 - - - 1/2) + 1, -1])\n  return %view\n}")
+    try:
+        parse(text)
+    except MemplanError:
+        pass  # a one-line error is fine; a ZeroDivisionError is not

@@ -93,7 +93,7 @@ native_batch_norm_backward native_group_norm_backward _native_batch_norm_legit_f
 _scaled_dot_product_flash_attention_for_cpu_backward _scaled_dot_product_efficient_attention_backward
 binary_cross_entropy binary_cross_entropy_backward binary_cross_entropy_with_logits smooth_l1_loss
 smooth_l1_loss_backward huber_loss huber_loss_backward _fused_rms_norm_backward select_backward slice_backward
-index_add _safe_softmax_backward
+index_add _safe_softmax_backward rand randn bernoulli native_dropout native_dropout_backward
 """.split()
 # backward ops with an output_mask: a gradient the mask turns off is None (an empty tensor in the IR),
 # and their out= forms refuse an empty out tensor, so they allocate their results
@@ -201,8 +201,30 @@ def _load_dialects() -> bool:
     return len(_CUSTOM) > before
 
 
+_RANDOM = frozenset({"rand", "randn", "bernoulli", "native_dropout"})
+_RANDOM_ALLOWED = [0]  # depth of allow_random() contexts
+
+
+class allow_random:
+    """Within it, random ops are supported (opaque, never folded, fused or duplicated): the graphs
+    of a training step, where a dropout mask is drawn once in the forward and saved for the
+    backward (``memplan.training``). Elsewhere a plan must be deterministic and they are refused."""
+
+    def __enter__(self):
+        _RANDOM_ALLOWED[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        _RANDOM_ALLOWED[0] -= 1
+        return False
+
+
 def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
     """The :class:`OpDef` of ``name``; raises :class:`UnsupportedOpError` naming the op and node."""
+    if not _RANDOM_ALLOWED[0] and name.startswith("aten.") and name.split(".")[1] in _RANDOM:
+        where = f" (node {node}{', ' + source if source else ''})" if node else ""
+        raise UnsupportedOpError(f"op {name}{where} is not supported: {_REFUSED[name.split('.')[1]]}", op=name,
+                                 node=node)
     if name in _CACHE:
         return _CACHE[name]
     if name in _CUSTOM:
@@ -215,7 +237,7 @@ def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
     if packet is None:
         raise UnsupportedOpError(f"unknown op {name!r}{where}; memplan supports aten.* ops and "
                                  f"{', '.join(sorted(_CUSTOM)) or 'no custom ops'}", op=name, node=node)
-    if packet in _REFUSED:
+    if packet in _REFUSED and not (packet in _RANDOM and _RANDOM_ALLOWED[0]):
         raise UnsupportedOpError(f"op {name}{where} is not supported: {_REFUSED[packet]}", op=name, node=node)
     if packet not in ATEN_KINDS:
         raise UnsupportedOpError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
 import warnings
 
@@ -115,7 +116,8 @@ class Expressions:
         if isinstance(a, int) and isinstance(b, int):
             if op == "/":
                 return self.bounded(sympy.Rational(a, b), dims)
-            value = {"+": a + b, "-": a - b, "*": a * b, "//": a // b, "**": a ** b}[op]
+            value = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": operator.floordiv,
+                     "**": operator.pow}[op](a, b)  # only the op asked for (0 ** -1 is not computed for 0 - -1)
             return self.bounded(value, dims)
         self.symbolic()
         try:
