@@ -196,6 +196,80 @@ def _crossing(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_output
     return per_input, user
 
 
+_UPDATES_INPUTS = {  # functional ops whose results AOTAutograd copies back into inputs: op -> argument positions
+    torch.ops.aten._native_batch_norm_legit_functional.default: (3, 4),  # running mean and variance
+}
+
+
+def _updated_inputs(fw: torch.fx.GraphModule) -> set[str]:
+    updated = set()
+    for node in fw.graph.nodes:
+        positions = _UPDATES_INPUTS.get(node.target) if node.op == "call_function" else None
+        for i in positions or ():
+            arg = node.args[i] if i < len(node.args) else None
+            if isinstance(arg, torch.fx.Node) and arg.op == "placeholder":
+                updated.add(arg.name)
+    return updated
+
+
+def _reads_updated_inputs(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule) -> str:
+    """The forward inputs the backward reads that the step updates in place after the forward (a
+    batch norm's running statistics), named, or ''. AOTAutograd's min-cut partitioner, under an
+    activation_memory_budget, may save such an input to recompute from it; autograd then refuses
+    the backward (the saved tensor's version moved)."""
+    updated = _updated_inputs(fw)
+    read = [n.name for n in bw.graph.nodes if n.op == "placeholder" and n.name in updated]
+    return ", ".join(read[:3]) + (f" and {len(read) - 3} more" if len(read) > 3 else "")
+
+
+def _unread_updated_inputs(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_outputs: int) -> str:
+    """Make the backward stop reading forward inputs that the step updates in place (see
+    :func:`_reads_updated_inputs`) where it reads them for nothing: a batch norm recomputed in
+    training mode normalises by the batch's statistics, not the running ones (it becomes
+    ``_native_batch_norm_legit.no_stats``), and ``native_batch_norm_backward`` in training mode takes
+    None for them. The input is then no longer saved (dropped from the forward's saved outputs and
+    the backward's inputs alike). Returns what the backward still reads, named, or ''."""
+    import operator
+
+    if not _reads_updated_inputs(fw, bw):
+        return ""
+    updated = _updated_inputs(fw)
+    hit = {n.name: n for n in bw.graph.nodes if n.op == "placeholder" and n.name in updated}
+    functional = torch.ops.aten._native_batch_norm_legit_functional.default
+    for node in bw.graph.nodes:  # in training mode its running statistics are not read: None for them
+        if node.target is torch.ops.aten.native_batch_norm_backward.default and len(node.args) > 7 \
+                and node.args[7] is True:
+            node.args = tuple(None if i in (3, 4) else a for i, a in enumerate(node.args))
+    for node in list(bw.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is functional and any(isinstance(a, torch.fx.Node) and a.name in hit for a in node.args[3:5]):
+            dead = [u for u in node.users if u.target is operator.getitem and u.args[1] >= 3 and not u.users]
+            for u in dead:  # the new running statistics, computed again and not read
+                bw.graph.erase_node(u)
+            if node.args[5] is not True or not all(u.target is operator.getitem and u.args[1] < 3 for u in node.users):
+                continue
+            with bw.graph.inserting_before(node):
+                new = bw.graph.call_function(torch.ops.aten._native_batch_norm_legit.no_stats,
+                                             (node.args[0], node.args[1], node.args[2], True, node.args[6], node.args[7]))
+            if isinstance(node.meta.get("val"), (tuple, list)):
+                new.meta["val"] = tuple(node.meta["val"][:3])
+            node.replace_all_uses_with(new)
+            bw.graph.erase_node(node)
+    still = [name for name, p in hit.items() if p.users]
+    if still:
+        return ", ".join(still[:3]) + (f" and {len(still) - 3} more" if len(still) > 3 else "")
+    for p in hit.values():
+        bw.graph.erase_node(p)
+    out_node = next(n for n in fw.graph.nodes if n.op == "output")
+    outs = list(out_node.args[0])
+    out_node.args = (tuple(outs[:num_fwd_outputs] + [o for o in outs[num_fwd_outputs:]
+                                                     if not (isinstance(o, torch.fx.Node) and o.name in hit)]),)
+    fw.recompile()
+    bw.recompile()
+    return ""
+
+
 def _backward_peak(bcm, per_input: list[int]) -> int:
     """The backward's planned peak with the bytes of its inputs that nothing else holds (saved
     activations, output gradients), each live until its last read in the plan (it is freed then)."""
@@ -253,6 +327,11 @@ class _Planner:
         tried, best, forward_least = [], None, None
         from memplan.units import format_bytes as f
         for name, fw, bw in _partitions(joint, joint_inputs, num_fwd_outputs, **kwargs):
+            stale = _unread_updated_inputs(fw, bw, num_fwd_outputs)
+            if stale:
+                tried.append((name, f"its backward reads {stale}, which the forward updates in place "
+                                    "(autograd refuses it)"))
+                continue
             per_input, user = _crossing(fw, bw, num_fwd_outputs)
             crossing = sum(per_input) + user
             try:

@@ -171,3 +171,23 @@ def test_dropout_draws_one_mask_for_forward_and_backward():
     from memplan.ir.ops import lookup
     with pytest.raises(memplan.UnsupportedOpError, match="random"):
         lookup("aten.native_dropout.default")  # outside training graphs, plans stay deterministic
+
+
+def test_batch_norm_recomputed_under_a_budget_trains_as_eager():
+    """The min-cut partitioner recomputes batch norms in the backward from the running statistics,
+    which the step updates in place after the forward; memplan rewrites those reads away (training
+    mode normalises by the batch's own statistics), else autograd would refuse the backward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5)).train()
+    x = torch.randn(8, 3, 32, 32)
+    eager = copy.deepcopy(model)
+    peak, _ = allocation_peak(lambda: eager(x).square().mean().backward())
+    eager.zero_grad(set_to_none=True)
+    cm, eager, _ = train_alongside(model, x, lambda o: o.square().mean(), steps=2, memory_budget=int(peak * 0.9))
+    (plan,) = cm.plans
+    assert plan.partition.startswith("min-cut"), plan.tried
+    for a, b in zip(model.buffers(), eager.buffers()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6)
