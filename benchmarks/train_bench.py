@@ -32,13 +32,13 @@ MiB = 2**20
 def build(name: str):
     from memplan import zoo
     if name == "gpt2":
-        model, (x,) = zoo.gpt2(n_layer=4, n_embd=256, n_head=4, batch=2, seq=256)
+        model, (x,) = zoo.gpt2(n_layer=4, n_embd=256, n_head=4, batch=8, seq=512)
     elif name == "bert":
-        model, (x,) = zoo.bert(n_layer=4, hidden=256, heads=4, batch=2, seq=256)
+        model, (x,) = zoo.bert(n_layer=4, hidden=256, heads=4, batch=8, seq=512)
     elif name == "llama":
-        model, (x,) = zoo.llama(n_layer=4, hidden=256, heads=4, kv_heads=2, batch=2, seq=256)
+        model, (x,) = zoo.llama(n_layer=4, hidden=256, heads=4, kv_heads=2, batch=8, seq=512)
     elif name == "resnet50":
-        model, (x,) = zoo.resnet50(batch=4, image=96)
+        model, (x,) = zoo.resnet50(batch=8, image=128)
     elif name == "unet":
         model, (x,) = zoo.unet(batch=2, image=64)
     else:

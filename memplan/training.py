@@ -53,6 +53,29 @@ def _dense_order(a) -> list[int] | None:
     return perm if dense.is_contiguous() else None
 
 
+def _span(a):
+    """(shape, strides, extent) of a non-contiguous tensor ``a`` read through the 1-D run of
+    elements it spans (a saved q sliced from a fused qkv projection: its storage lives anyway,
+    where a row-major copy would cost its size again), or None (contiguous, or strides that
+    overlap or run backwards)."""
+    if not isinstance(a, torch.Tensor) or a.is_contiguous() or a.numel() == 0:
+        return None
+    shape, stride = tuple(int(d) for d in a.shape), tuple(int(s) for s in a.stride())
+    if any(s < 0 for s in stride):
+        return None
+    extent = 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+    return shape, stride, extent
+
+
+def _as_laid_out(a: torch.Tensor, shape, stride) -> torch.Tensor:
+    """``a`` with exactly ``stride`` (a copy only where its own strides differ)."""
+    if tuple(a.stride()) == tuple(stride):
+        return a
+    out = torch.empty_strided(shape, stride, dtype=a.dtype, device=a.device)
+    out.copy_(a)
+    return out
+
+
 def _prepare(gm: torch.fx.GraphModule, examples: list):
     """A copy of ``gm`` for memplan: only its tensor outputs (the backward returns None for inputs
     that need no gradient), and each transposed input taken in its dense order and permuted back
@@ -71,20 +94,42 @@ def _prepare(gm: torch.fx.GraphModule, examples: list):
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, a in zip(placeholders, examples):
         perm = _dense_order(a)
-        perms.append(perm)
-        if perm is None:
+        span = _span(a) if perm is None else None
+        perms.append(("permute", perm) if perm is not None else ("span", span) if span is not None else None)
+        if perm is not None:
+            base = graph.placeholder(f"{node.name}_dense")
+            inverse = sorted(range(len(perm)), key=perm.__getitem__)
+            env[node] = graph.call_function(torch.ops.aten.permute.default, (base, inverse))
+            ready.append(a.permute(perm))
+        elif span is not None:  # a slice or a strided view: the elements it spans, viewed inside
+            base = graph.placeholder(f"{node.name}_span")
+            shape, stride, extent = span
+            # no storage offset: as_strided then starts where the span does (the span of k from a fused
+            # qkv projection starts 256 elements into the storage)
+            env[node] = graph.call_function(torch.ops.aten.as_strided.default, (base, list(shape), list(stride)))
+            ready.append(a.as_strided((extent,), (1,), a.storage_offset()))
+        else:
             env[node] = graph.node_copy(node, lambda n: env[n])
             ready.append(a)
-            continue
-        base = graph.placeholder(f"{node.name}_dense")
-        inverse = sorted(range(len(perm)), key=perm.__getitem__)
-        env[node] = graph.call_function(torch.ops.aten.permute.default, (base, inverse))
-        ready.append(a.permute(perm))
+    relaid = any(isinstance(a, torch.Tensor) and not a.is_contiguous() for a in ready)
     for node in gm.graph.nodes:
-        if node.op not in ("placeholder", "output"):
-            env[node] = graph.node_copy(node, lambda n: env[n])
+        if node.op in ("placeholder", "output"):
+            continue
+        if node.target in _STRIDED and relaid:
+            raise MemplanError(f"training graph node {node.name} ({node.target}) addresses its input by strides, and an "
+                               "input of the graph is laid out in a way memplan copies to row-major; not supported yet")
+        copy = graph.node_copy(node, lambda n: env[n])
+        if node.target is torch.ops.aten.view.default:
+            # AOTAutograd's views assume its inputs' strides; memplan lays a strided input out row-major (a
+            # saved slice of q from a fused projection), so a view may no longer apply: a reshape is a
+            # view wherever one applies and a copy where not, the same values
+            copy.target = torch.ops.aten.reshape.default
+        env[node] = copy
     graph.output(tuple(env[flat[i]] for i in keep))
     return torch.fx.GraphModule(gm, graph), ready, keep, len(flat), perms
+
+
+_STRIDED = (torch.ops.aten.as_strided.default, torch.ops.aten.as_strided_scatter.default)
 
 
 def _real(a):
@@ -117,11 +162,16 @@ def _plan_graph(gm: torch.fx.GraphModule, example_inputs, compile_kwargs: dict, 
             kwargs["memory_budget"] = max(0, int(budget))
         with allow_random():  # a dropout draws its mask once, in the forward (never recomputed)
             cm = memplan_compile(stripped, tuple(examples), **kwargs)
-    permuted = [(i, p) for i, p in enumerate(perms) if p is not None]
+    relaid = [(i, p) for i, p in enumerate(perms) if p is not None]
 
     def run(args):
-        for i, p in permuted:
-            args[i] = args[i].permute(p)
+        for i, (how, p) in relaid:
+            if how == "permute":
+                args[i] = args[i].permute(p)
+            else:
+                shape, stride, extent = p
+                a = _as_laid_out(args[i], shape, stride)
+                args[i] = a.as_strided((extent,), (1,), a.storage_offset())
         results = cm.call_boxed(args)  # empties args: each input is freed at its last use
         results = results if isinstance(results, tuple) else (results,)
         full = [None] * total
