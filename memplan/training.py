@@ -222,9 +222,9 @@ def _storage(val):
 
 
 def _crossing(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_outputs: int):
-    """What the backward reads that the forward computed: per backward input, its bytes (0 for a
-    parameter or input the forward saves, or a view of one: it lives anyway); and the bytes of the
-    forward's outputs the caller holds during the backward."""
+    """What the backward reads that the forward computed: per backward input, (its storage, the
+    storage's bytes) — (None, 0) for a parameter or input the forward saves, or a view of one: it
+    lives anyway; and the bytes of the forward's outputs the caller holds during the backward."""
     fw_inputs = {n.name for n in fw.graph.nodes if n.op == "placeholder"}
     resident = {_storage(n.meta["val"]) for n in fw.graph.nodes
                 if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)} - {None}
@@ -236,7 +236,15 @@ def _crossing(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_output
         source = made.get(n.name, n)
         val = source.meta.get("val")
         lives_anyway = n.name in fw_inputs or (isinstance(val, torch.Tensor) and _storage(val) in resident)
-        per_input.append(0 if lives_anyway else _tensor_bytes(source))
+        if lives_anyway or not isinstance(val, torch.Tensor):
+            per_input.append((None, 0))
+            continue
+        key = _storage(val)  # views of one storage (q, k and v sliced from one projection) hold it all
+        try:
+            held = int(val.untyped_storage().nbytes())
+        except Exception:  # noqa: BLE001  (no storage to ask: its own bytes)
+            held = _tensor_bytes(source)
+        per_input.append((key if key is not None else ("own", n.name), max(held, _tensor_bytes(source))))
     out_node = next(n for n in fw.graph.nodes if n.op == "output")
     outs = out_node.args[0]
     outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
@@ -320,26 +328,40 @@ def _unread_updated_inputs(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, n
     return ""
 
 
-def _backward_peak(bcm, per_input: list[int]) -> int:
-    """The backward's planned peak with the bytes of its inputs that nothing else holds (saved
-    activations, output gradients), each live until its last read in the plan (it is freed then)."""
+def _held(per_input) -> int:
+    """Bytes of the distinct storages the backward's inputs hold."""
+    return sum(dict(p for p in per_input if p[0] is not None).values())
+
+
+def _backward_peak(bcm, per_input) -> int:
+    """The backward's planned peak with the storages of its inputs that nothing else holds (saved
+    activations, output gradients), each live until the last read of any input viewing it (it is
+    freed then)."""
     from memplan.analysis.check import verify_plan
 
     graph = bcm.graph
     check = verify_plan(graph)
     main = check.main_tier
     row = list(check.outside_profile.get(main, [0])) or [0]
+    from memplan.analysis.liveness import storage_roots
+
+    root = storage_roots(graph)  # an input viewed (a reshape of a saved activation) lives while its views do
     last = {}
     for step, node in enumerate(graph.nodes):
         for v in node.inputs:
-            last[v.name] = step
-    outputs = {v.name for v in graph.outputs}
-    for v, nbytes in zip(graph.inputs, per_input):
-        if not nbytes:
+            last[root.get(v.name, v.name)] = step
+    outputs = {root.get(v.name, v.name) for v in graph.outputs}
+    until: dict = {}
+    size: dict = {}
+    for v, (key, nbytes) in zip(graph.inputs, per_input):
+        if key is None:
             continue
-        stop = len(row) - 1 if v.name in outputs else last.get(v.name, -1)
+        stop = len(row) - 1 if v.name in outputs else last.get(v.name, len(row) - 1)  # never read: never freed
+        until[key] = max(until.get(key, -1), stop)
+        size[key] = max(size.get(key, 0), nbytes)
+    for key, stop in until.items():
         for j in range(min(stop, len(row) - 1) + 1):
-            row[j] += nbytes
+            row[j] += size[key]
     return check.storage_bytes.get(main, 0) + max(row)
 
 
@@ -383,7 +405,7 @@ class _Planner:
                                     "(autograd refuses it)"))
                 continue
             per_input, user = _crossing(fw, bw, num_fwd_outputs)
-            crossing = sum(per_input) + user
+            crossing = _held(per_input) + user
             try:
                 fcm, frun = _plan_graph(fw, _examples(fw), self.kwargs, self.budget)
             except BudgetInfeasibleError as exc:
@@ -405,7 +427,7 @@ class _Planner:
                     pass
             peak = max(int(fcm.plan.stats["planned_peak_bytes"]), backward)
             tried.append((name, peak))
-            plan = TrainingPlan(name, fcm, bcm, sum(per_input), user, backward, peak, self.budget, tried)
+            plan = TrainingPlan(name, fcm, bcm, _held(per_input), user, backward, peak, self.budget, tried)
             if best is None or peak < best.step_peak:
                 best = plan
             if self.budget is None or peak <= self.budget:
