@@ -168,10 +168,10 @@ def _plan_graph(gm: torch.fx.GraphModule, example_inputs, compile_kwargs: dict, 
         for i, (how, p) in relaid:
             if how == "permute":
                 args[i] = args[i].permute(p)
-            else:
+            else:  # no local keeps the tensor: the list holds its only reference, freed at its last read
                 shape, stride, extent = p
-                a = _as_laid_out(args[i], shape, stride)
-                args[i] = a.as_strided((extent,), (1,), a.storage_offset())
+                args[i] = _as_laid_out(args[i], shape, stride)
+                args[i] = args[i].as_strided((extent,), (1,), args[i].storage_offset())
         results = cm.call_boxed(args)  # empties args: each input is freed at its last use
         results = results if isinstance(results, tuple) else (results,)
         full = [None] * total
