@@ -18,12 +18,18 @@ partitioner at lowering ``activation_memory_budget``), plans both graphs of each
 left to them, and takes the first whose step peak fits; where none does,
 :class:`~memplan.errors.BudgetInfeasibleError` gives the smallest step peak found.
 
+Dropout draws its mask once, in the forward; a partition whose backward would draw it again is
+not taken. Under a budget the step must be one graph (``fullgraph``): a graph break is an error, not
+code outside the plan. The budget covers the module's forward and backward and its outputs; the
+caller's loss (its own forward and backward) is the caller's code, outside it.
+
 Not yet (issue 11): memplan's own recomputation solver on the joint graph (``memplan remat``
-solves such instances standalone), the optimizer in the plan, dropout in training (random ops are
-refused).
+solves such instances standalone), the optimizer in the plan.
 """
 from __future__ import annotations
 
+import itertools
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -136,14 +142,15 @@ def _real(a):
     """A real tensor like the example ``a`` (values: small normals for floats, zeros otherwise)."""
     if not isinstance(a, torch.Tensor):
         return a
-    out = torch.empty_strided(tuple(int(d) for d in a.shape), tuple(int(s) for s in a.stride()), dtype=a.dtype,
-                              device="cpu" if a.device.type == "meta" else a.device)
-    with torch.no_grad():
+    shape, stride = tuple(int(d) for d in a.shape), tuple(int(s) for s in a.stride())
+    extent = 1 + sum((n - 1) * abs(s) for n, s in zip(shape, stride)) if all(shape) else 0
+    base = torch.empty(extent, dtype=a.dtype, device="cpu" if a.device.type == "meta" else a.device)
+    with torch.no_grad():  # filled as a run of elements: an expanded (stride-0) layout cannot be written
         if a.dtype.is_floating_point or a.dtype.is_complex:
-            out.normal_()
+            base.normal_()
         else:
-            out.zero_()
-    return out
+            base.zero_()
+    return base.as_strided(shape, stride) if all(s >= 0 for s in stride) else base[:0].new_zeros(shape)
 
 
 def _plan_graph(gm: torch.fx.GraphModule, example_inputs, compile_kwargs: dict, budget=None):
@@ -253,6 +260,8 @@ def _crossing(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_output
                and _storage(o.meta.get("val")) not in resident)
     return per_input, user
 
+
+_RANDOM_WORDS = ("native_dropout.", "bernoulli", "aten.rand", "aten.randn", "aten.normal", "aten.uniform")
 
 _UPDATES_INPUTS = {  # functional ops whose results AOTAutograd copies back into inputs: op -> argument positions
     torch.ops.aten._native_batch_norm_legit_functional.default: (3, 4),  # running mean and variance
@@ -399,6 +408,11 @@ class _Planner:
         tried, best, forward_least = [], None, None
         from memplan.units import format_bytes as f
         for name, fw, bw in _partitions(joint, joint_inputs, num_fwd_outputs, **kwargs):
+            drawn = sorted({str(n.target) for n in bw.graph.nodes if n.op == "call_function" and any(
+                word in str(n.target) for word in _RANDOM_WORDS)})
+            if drawn:
+                tried.append((name, f"its backward draws {drawn[0]} again (a new mask, not the forward's)"))
+                continue
             stale = _unread_updated_inputs(fw, bw, num_fwd_outputs)
             if stale:
                 tried.append((name, f"its backward reads {stale}, which the forward updates in place "
@@ -489,16 +503,33 @@ def _make_backend(target, memory_budget, options, backend_name):
     return memplan_backend
 
 
+_ENTRIES = itertools.count()
+
+
+def _entry(model):
+    """A function calling ``model`` whose code object is its own: Dynamo caches compiled graphs per
+    code object (every ``nn.Sequential`` shares one ``forward``), and past 8 entries of one it runs
+    eagerly (or, with ``fullgraph``, fails) — so each TrainModule gets a code object of its own."""
+    def step(*args, **kwargs):
+        return model(*args, **kwargs)
+
+    code = step.__code__.replace(co_name=f"memplan_train_step_{next(_ENTRIES)}")
+    return types.FunctionType(code, step.__globals__, code.co_name, step.__defaults__, step.__closure__)
+
+
 class TrainModule(torch.nn.Module):
     """A model whose forward and backward run memplan-planned code (``memplan.compile(...,
     mode="train")``). Its parameters are the model's: an optimizer over either updates both.
     Graphs are captured and planned at the first call (and again for inputs of a new shape)."""
 
-    def __init__(self, model: torch.nn.Module, be):
+    def __init__(self, model: torch.nn.Module, be, budget=None):
         super().__init__()
         self.model = model
         self._backend = be
-        self._compiled = torch.compile(model, backend=be, dynamic=False)
+        # under a budget the step must be one graph: a graph break, a module Dynamo runs eagerly or a
+        # recompile past Dynamo's limit would run code outside the plan and its budget
+        self._fullgraph = budget is not None
+        self._compiled = torch.compile(_entry(model), backend=be, dynamic=False, fullgraph=self._fullgraph)
 
     @property
     def plans(self) -> list[TrainingPlan]:
@@ -517,6 +548,10 @@ class TrainModule(torch.nn.Module):
                 inner = getattr(inner, "inner_exception", None) or inner.__cause__
             if isinstance(inner, MemplanError):
                 raise inner.with_traceback(None) from None
+            if self._fullgraph and isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise MemplanError(f"mode='train' with a memory budget needs the step captured as one graph, and "
+                                   f"torch.compile could not ({type(exc).__name__}: {first})") from None
             raise
 
 
@@ -530,4 +565,4 @@ def compile_train(model, example_inputs=None, target="cpu", memory_budget=None, 
         raise MemplanError(f"mode='train' takes an nn.Module, got {type(model).__name__}")
     if example_inputs is not None and not all(isinstance(a, torch.Tensor) for a in example_inputs):
         raise MemplanError("mode='train': example_inputs must be tensors")
-    return TrainModule(model, _make_backend(target, memory_budget, options, backend))
+    return TrainModule(model, _make_backend(target, memory_budget, options, backend), memory_budget)

@@ -205,3 +205,48 @@ def test_gpt2_trains_as_eager_reading_saved_slices_in_place():
     (plan,) = cm.plans
     assert "input_copies" not in plan.backward.graph.attrs
     assert "aten.as_strided.default" in {n.op for n in plan.backward.graph.nodes}
+
+
+def test_under_a_budget_no_partition_draws_a_dropout_mask_again():
+    """Min-cut partitions recompute dropout in the backward (a new mask, wrong gradients): refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.Dropout(0.3), nn.GELU(), nn.Linear(512, 64)).train()
+    x = torch.randn(256, 64)
+    cm = memplan.compile(model, (x,), mode="train", memory_budget=10**9)
+    cm(x).square().mean().backward()
+    assert not any("dropout" in n.op for n in cm.plans[0].backward.graph.nodes if "backward" not in n.op)
+    with pytest.raises(memplan.BudgetInfeasibleError) as info:  # every partition that recomputes it is refused
+        memplan.compile(copy.deepcopy(model), (x,), mode="train", memory_budget=2**16)(x)
+    assert "draws aten.native_dropout.default again" in str(info.value)
+
+
+def test_under_a_budget_a_graph_break_is_an_error():
+    class Breaks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            h = self.a(x)
+            print("", end="")  # a graph break
+            return self.b(h)
+
+    model, x = Breaks(), torch.randn(4, 16)
+    cm = memplan.compile(model, (x,), mode="train", memory_budget="64MiB")
+    with pytest.raises(memplan.MemplanError, match="one graph"):
+        cm(x)
+    loose = memplan.compile(model, (x,), mode="train")  # without a budget, graph breaks are fine
+    loose(x).sum().backward()
+
+
+def test_an_expanded_input_trains():
+    model = mlp()
+    x = torch.randn(1, 64).expand(8, 64)
+    cm = memplan.compile(model, (x,), mode="train")
+    cm(x).sum().backward()
+    eager = copy.deepcopy(model)
+    for p in eager.parameters():
+        p.grad = None
+    eager(x).sum().backward()
+    for a, b in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
