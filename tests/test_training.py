@@ -250,3 +250,11 @@ def test_an_expanded_input_trains():
     eager(x).sum().backward()
     for a, b in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_bad_option_value_is_a_memplan_error():
+    model, x = mlp(), torch.randn(2, 64)
+    for cm in (lambda: memplan.compile(model, (x,), options={"schedule_method": "bogus"}),
+               lambda: memplan.compile(model, (x,), mode="train", options={"schedule_method": "bogus"})(x)):
+        with pytest.raises(memplan.MemplanError, match="schedule_method='bogus'"):
+            cm()

@@ -51,6 +51,12 @@ def planned_scratch(graph, ctx) -> dict[str, int]:
 @register_pass("schedule", options=ScheduleOptions, produces=("order",))
 def schedule(graph, ctx):
     """Reorder the nodes into the order of least peak memory; record the solver's figures."""
+    method = ctx.options.get("schedule_method", "auto")
+    from memplan.solvers.scheduling import HEURISTICS
+    if method not in ("auto", "exact", "heuristic") and method not in HEURISTICS:
+        from memplan.errors import MemplanError
+        raise MemplanError(f"option schedule_method={str(method)[:40]!r}: choose auto, exact, heuristic or one of "
+                           f"{', '.join(sorted(HEURISTICS))}")
     check_capacity(graph, ctx)  # before measuring anything: no order fits, no need to try
     temps = planned_scratch(graph, ctx)
     problem = schedule_problem(graph, temps)
