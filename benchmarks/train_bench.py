@@ -75,7 +75,7 @@ def step_fn(model, x):
     return step
 
 
-def measure(model, x, params) -> tuple[int, float]:
+def measure(model, x, params) -> int:
     from memplan.profiling import allocation_peak
     step = step_fn(model, x)
     for p in params:

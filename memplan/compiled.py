@@ -39,6 +39,7 @@ class CompiledModule:
         # every plan is checked before it runs, whatever made it; the code is printed from the IR alone
         verify(graph)  # types and shapes too: the checker trusts them, and out= kernels would resize slots
         check = verify_plan(graph, target)
+        self.check = check  # the checker's figures (per-step profile, storages), for callers that need more
         self.source = self.backend.emit(graph, check)
         load = getattr(self.backend, "load", load_python)
         self._run = load(self.source, f"memplan_{graph.name}")

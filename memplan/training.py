@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from memplan.errors import BudgetInfeasibleError, MemplanError
+from memplan.ir.ops import RANDOM_PACKETS
 
 # partitions tried under a budget, in order: AOTAutograd's default (saves what backward reads), then
 # its min-cut partitioner at each activation_memory_budget (a fraction of the saved bytes it keeps)
@@ -261,8 +262,6 @@ def _crossing(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_output
     return per_input, user
 
 
-_RANDOM_WORDS = ("native_dropout.", "bernoulli", "aten.rand", "aten.randn", "aten.normal", "aten.uniform")
-
 _UPDATES_INPUTS = {  # functional ops whose results AOTAutograd copies back into inputs: op -> argument positions
     torch.ops.aten._native_batch_norm_legit_functional.default: (3, 4),  # running mean and variance
 }
@@ -279,29 +278,25 @@ def _updated_inputs(fw: torch.fx.GraphModule) -> set[str]:
     return updated
 
 
-def _reads_updated_inputs(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule) -> str:
-    """The forward inputs the backward reads that the step updates in place after the forward (a
-    batch norm's running statistics), named, or ''. AOTAutograd's min-cut partitioner, under an
-    activation_memory_budget, may save such an input to recompute from it; autograd then refuses
-    the backward (the saved tensor's version moved)."""
-    updated = _updated_inputs(fw)
-    read = [n.name for n in bw.graph.nodes if n.op == "placeholder" and n.name in updated]
-    return ", ".join(read[:3]) + (f" and {len(read) - 3} more" if len(read) > 3 else "")
+def _named(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _unread_updated_inputs(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, num_fwd_outputs: int) -> str:
-    """Make the backward stop reading forward inputs that the step updates in place (see
-    :func:`_reads_updated_inputs`) where it reads them for nothing: a batch norm recomputed in
+    """Make the backward stop reading forward inputs that the step updates in place after the
+    forward (a batch norm's running statistics) where it reads them for nothing. AOTAutograd's
+    min-cut partitioner, under an activation_memory_budget, may save such an input to recompute
+    from it, and autograd then refuses the backward (the saved tensor's version moved): a batch norm recomputed in
     training mode normalises by the batch's statistics, not the running ones (it becomes
     ``_native_batch_norm_legit.no_stats``), and ``native_batch_norm_backward`` in training mode takes
     None for them. The input is then no longer saved (dropped from the forward's saved outputs and
     the backward's inputs alike). Returns what the backward still reads, named, or ''."""
     import operator
 
-    if not _reads_updated_inputs(fw, bw):
-        return ""
     updated = _updated_inputs(fw)
     hit = {n.name: n for n in bw.graph.nodes if n.op == "placeholder" and n.name in updated}
+    if not hit:
+        return ""
     functional = torch.ops.aten._native_batch_norm_legit_functional.default
     for node in bw.graph.nodes:  # in training mode its running statistics are not read: None for them
         if node.target is torch.ops.aten.native_batch_norm_backward.default and len(node.args) > 7 \
@@ -325,7 +320,7 @@ def _unread_updated_inputs(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule, n
             bw.graph.erase_node(node)
     still = [name for name, p in hit.items() if p.users]
     if still:
-        return ", ".join(still[:3]) + (f" and {len(still) - 3} more" if len(still) > 3 else "")
+        return _named(still)
     for p in hit.values():
         bw.graph.erase_node(p)
     out_node = next(n for n in fw.graph.nodes if n.op == "output")
@@ -346,14 +341,11 @@ def _backward_peak(bcm, per_input) -> int:
     """The backward's planned peak with the storages of its inputs that nothing else holds (saved
     activations, output gradients), each live until the last read of any input viewing it (it is
     freed then)."""
-    from memplan.analysis.check import verify_plan
-
-    graph = bcm.graph
-    check = verify_plan(graph)
-    main = check.main_tier
-    row = list(check.outside_profile.get(main, [0])) or [0]
     from memplan.analysis.liveness import storage_roots
 
+    graph, check = bcm.graph, bcm.check  # the figures the module was checked with: not computed again
+    main = check.main_tier
+    row = list(check.outside_profile.get(main, [0])) or [0]
     root = storage_roots(graph)  # an input viewed (a reshape of a saved activation) lives while its views do
     last = {}
     for step, node in enumerate(graph.nodes):
@@ -408,8 +400,8 @@ class _Planner:
         tried, best, forward_least = [], None, None
         from memplan.units import format_bytes as f
         for name, fw, bw in _partitions(joint, joint_inputs, num_fwd_outputs, **kwargs):
-            drawn = sorted({str(n.target) for n in bw.graph.nodes if n.op == "call_function" and any(
-                word in str(n.target) for word in _RANDOM_WORDS)})
+            drawn = sorted({str(n.target) for n in bw.graph.nodes if n.op == "call_function"
+                            and str(n.target).startswith("aten.") and str(n.target).split(".")[1] in RANDOM_PACKETS})
             if drawn:
                 tried.append((name, f"its backward draws {drawn[0]} again (a new mask, not the forward's)"))
                 continue

@@ -201,7 +201,7 @@ def _load_dialects() -> bool:
     return len(_CUSTOM) > before
 
 
-_RANDOM = frozenset({"rand", "randn", "bernoulli", "native_dropout"})
+RANDOM_PACKETS = frozenset({"rand", "randn", "bernoulli", "native_dropout"})  # aten packets that draw
 _RANDOM_ALLOWED = [0]  # depth of allow_random() contexts
 
 
@@ -221,7 +221,7 @@ class allow_random:
 
 def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
     """The :class:`OpDef` of ``name``; raises :class:`UnsupportedOpError` naming the op and node."""
-    if not _RANDOM_ALLOWED[0] and name.startswith("aten.") and name.split(".")[1] in _RANDOM:
+    if not _RANDOM_ALLOWED[0] and name.startswith("aten.") and name.split(".")[1] in RANDOM_PACKETS:
         where = f" (node {node}{', ' + source if source else ''})" if node else ""
         raise UnsupportedOpError(f"op {name}{where} is not supported: {_REFUSED[name.split('.')[1]]}", op=name,
                                  node=node)
@@ -237,7 +237,7 @@ def lookup(name: str, *, node: str = "", source: str = "") -> OpDef:
     if packet is None:
         raise UnsupportedOpError(f"unknown op {name!r}{where}; memplan supports aten.* ops and "
                                  f"{', '.join(sorted(_CUSTOM)) or 'no custom ops'}", op=name, node=node)
-    if packet in _REFUSED and not (packet in _RANDOM and _RANDOM_ALLOWED[0]):
+    if packet in _REFUSED and not (packet in RANDOM_PACKETS and _RANDOM_ALLOWED[0]):
         raise UnsupportedOpError(f"op {name}{where} is not supported: {_REFUSED[packet]}", op=name, node=node)
     if packet not in ATEN_KINDS:
         raise UnsupportedOpError(

@@ -115,7 +115,7 @@ def _formula_of(node, env) -> sympy.Expr:
     unary = {"tanh": sympy.tanh, "erf": sympy.erf, "exp": sympy.exp, "log": sympy.log, "sigmoid": _SIGMOID,
              "neg": lambda a: -a, "sqrt": sympy.sqrt, "rsqrt": lambda a: 1 / sympy.sqrt(a), "abs": sympy.Abs,
              "reciprocal": lambda a: 1 / a, "log1p": lambda a: sympy.log(1 + a), "expm1": lambda a: sympy.exp(a) - 1,
-             "relu": lambda a: sympy.Max(a, 0), "square": lambda a: a ** 2, "tanh_": sympy.tanh}
+             "relu": lambda a: sympy.Max(a, 0), "square": lambda a: a ** 2}
     if short in unary and len(args) == 1 and not kw:
         return unary[short](args[0])
     if short in ("add", "sub", "rsub") and len(args) == 2 and set(kw) <= {"alpha"}:
@@ -163,6 +163,7 @@ def formula(chain: list, x: Value) -> sympy.Expr | None:
     return out if sympy.count_ops(out) <= MAX_FORMULA_OPS else None
 
 
+@lru_cache(maxsize=256)  # the known formulas are rounded once per digit count, not per chain
 def _rounded(expr: sympy.Expr, digits: int) -> sympy.Expr:
     """``expr`` expanded, every float constant rounded to ``digits`` significant digits."""
     def walk(e):
