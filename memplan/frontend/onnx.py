@@ -402,6 +402,10 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
     if check_types:
         importer.onnx_types = _onnx_types(model, input_types, bound)
 
+    for init in g.initializer:
+        importer.elem_types[init.name] = init.data_type
+    for vi in real_inputs:
+        importer.elem_types[vi.name] = vi.type.tensor_type.elem_type
     for name_, t in initializers.items():
         importer.env[name_] = t
         importer.const_names[id(t)] = name_

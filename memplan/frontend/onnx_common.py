@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from memplan.errors import MemplanError, ModelLoadError, UnsupportedOpError
+from memplan.frontend import onnx_unsigned as unsigned
 from memplan.ir.graph import Graph, Node, Value
 from memplan.ir.ops import flatten_outputs, infer_types, lookup
 from memplan.ir.types import TensorType
@@ -27,7 +28,27 @@ ONNX_DTYPES: dict[int, torch.dtype] = {
     1: torch.float32, 2: torch.uint8, 3: torch.int8, 4: torch.uint16, 5: torch.int16, 6: torch.int32,
     7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64, 12: torch.uint32,
     13: torch.uint64, 14: torch.complex64, 15: torch.complex128, 16: torch.bfloat16,
+    17: torch.float8_e4m3fn, 18: torch.float8_e4m3fnuz, 19: torch.float8_e5m2, 20: torch.float8_e5m2fnuz,
+    24: torch.float8_e8m0fnu,
 }
+# The 4- and 2-bit types, held one element per byte in a carrier dtype (the ONNX file packs them two or
+# four to a byte; memplan's plan counts the carrier's bytes, an upper bound). A signed or unsigned
+# integer holds its value; FLOAT4E2M1 holds its 4-bit code (sign, 2 exponent bits, 1 mantissa bit).
+CARRIED_DTYPES: dict[int, torch.dtype] = {21: torch.uint8, 22: torch.int8, 23: torch.uint8, 25: torch.uint8,
+                                          26: torch.int8}
+INT_RANGES = {21: (0, 15), 22: (-8, 7), 25: (0, 3), 26: (-2, 1)}  # the carried integer types' values
+FLOAT4E2M1 = 23
+FLOAT8_TYPES = frozenset({17, 18, 19, 20, 24})
+NARROW_TYPES = FLOAT8_TYPES | frozenset(CARRIED_DTYPES)  # what only casts, quantization and layout ops take
+UNSIGNED_WIDE = frozenset({4, 12, 13})  # uint16/32/64: aten lacks their arithmetic (computed widened)
+
+
+def _ml_dtype(elem_type: int):
+    """The ml_dtypes numpy type onnx uses for a narrow element type."""
+    import ml_dtypes
+    return {17: ml_dtypes.float8_e4m3fn, 18: ml_dtypes.float8_e4m3fnuz, 19: ml_dtypes.float8_e5m2,
+            20: ml_dtypes.float8_e5m2fnuz, 24: ml_dtypes.float8_e8m0fnu, 21: ml_dtypes.uint4,
+            22: ml_dtypes.int4, 23: ml_dtypes.float4_e2m1fn, 25: ml_dtypes.uint2, 26: ml_dtypes.int2}[elem_type]
 
 
 def onnx_type_name(elem_type: int) -> str:
@@ -40,10 +61,14 @@ def onnx_type_name(elem_type: int) -> str:
 
 
 def torch_dtype_of(elem_type: int, what: str) -> torch.dtype:
-    """The torch dtype of an ONNX element type; :class:`UnsupportedOpError` naming ``what`` if none."""
+    """The torch dtype that holds an ONNX element type (a carrier for the 4- and 2-bit types);
+    :class:`UnsupportedOpError` naming ``what`` if none."""
+    if elem_type in CARRIED_DTYPES:
+        return CARRIED_DTYPES[elem_type]
     if elem_type not in ONNX_DTYPES:
+        known = list(ONNX_DTYPES) + list(CARRIED_DTYPES)
         raise UnsupportedOpError(f"{what} has ONNX type {onnx_type_name(elem_type)}, which memplan does not "
-                                 f"support (supported: {', '.join(onnx_type_name(t) for t in ONNX_DTYPES)})")
+                                 f"support (supported: {', '.join(onnx_type_name(t) for t in known)})")
     return ONNX_DTYPES[elem_type]
 
 
@@ -65,13 +90,30 @@ def tensor_from_proto(proto, what: str = "tensor") -> torch.Tensor:
     return array_to_tensor(array, dtype)
 
 
+_ML_TORCH = {"bfloat16": torch.bfloat16, "float8_e4m3fn": torch.float8_e4m3fn,
+             "float8_e4m3fnuz": torch.float8_e4m3fnuz, "float8_e5m2": torch.float8_e5m2,
+             "float8_e5m2fnuz": torch.float8_e5m2fnuz, "float8_e8m0fnu": torch.float8_e8m0fnu}
+_ML_CARRIED = {"int4": torch.int8, "int2": torch.int8, "uint4": torch.uint8, "uint2": torch.uint8}
+
+
 def array_to_tensor(array, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A numpy array (ml_dtypes bfloat16 included) or tensor as a torch tensor that owns its data."""
+    """A numpy array or tensor as a torch tensor that owns its data. ml_dtypes arrays: bfloat16 and
+    the 8-bit floats as torch's own dtypes, int4/uint4/int2/uint2 as their int8/uint8 carriers,
+    float4_e2m1fn as its 4-bit codes in uint8."""
     if isinstance(array, torch.Tensor):
         return array if dtype is None else array.to(dtype)
     array = np.asarray(array)
-    if array.dtype.name == "bfloat16":
-        t = torch.from_numpy(np.array(array, order="C").view(np.uint16)).view(torch.bfloat16)
+    name = array.dtype.name
+    if name in _ML_TORCH:
+        t = torch.from_numpy(np.array(array, order="C").view(np.uint16 if name == "bfloat16" else np.uint8))
+        t = t.view(_ML_TORCH[name])
+        if dtype is not None and dtype != t.dtype:
+            raise UnsupportedOpError(f"a {name} array cannot stand for {dtype}")
+        return t
+    elif name in _ML_CARRIED:
+        t = torch.from_numpy(np.array(array, order="C").astype(np.int8 if name.startswith("int") else np.uint8))
+    elif name == "float4_e2m1fn":
+        t = torch.from_numpy(np.array(array, order="C").view(np.uint8) & 0x0F)
     elif array.dtype == object or array.dtype.kind in "SU":
         raise UnsupportedOpError("string tensors are not supported by memplan")
     else:
@@ -79,12 +121,22 @@ def array_to_tensor(array, dtype: torch.dtype | None = None) -> torch.Tensor:
     return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
 
-def tensor_to_array(t: torch.Tensor) -> np.ndarray:
-    """A torch tensor as a numpy array (bfloat16 as ml_dtypes.bfloat16)."""
+def tensor_to_array(t: torch.Tensor, elem_type: int | None = None) -> np.ndarray:
+    """A torch tensor as a numpy array (bfloat16 and the 8-bit floats as ml_dtypes arrays).
+    ``elem_type``: the ONNX element type ``t`` holds, for the carried 4- and 2-bit types (an int8 or
+    uint8 carrier becomes an ml_dtypes int4/uint4/int2/uint2 or float4_e2m1fn array)."""
     t = t.detach().cpu().contiguous()
+    if elem_type in CARRIED_DTYPES:
+        if elem_type == FLOAT4E2M1:
+            return t.to(torch.uint8).numpy().view(_ml_dtype(elem_type)).copy()
+        return t.numpy().astype(_ml_dtype(elem_type))
     if t.dtype == torch.bfloat16:
         import ml_dtypes
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    for name, dt in _ML_TORCH.items():
+        if t.dtype == dt:
+            import ml_dtypes
+            return t.view(torch.uint8).numpy().view(getattr(ml_dtypes, name)).copy()
     return t.numpy().copy()
 
 
@@ -225,6 +277,8 @@ class Importer:
         self.const_names: dict[int, str] = {}
         self.input_names: dict[str, str] = {}  # IR value name -> onnx graph input name
         self.keep_alive: list[torch.Tensor] = []  # named folded constants (their ids key const_names)
+        # onnx value name -> ONNX element type: which type an int8/uint8 tensor carries (INT4, FLOAT4E2M1, ...)
+        self.elem_types: dict[str, int] = {}
 
     def materialize(self, t: torch.Tensor, hint: str = "const") -> Value:
         """The param holding constant ``t`` (one param per constant tensor object)."""
@@ -249,8 +303,15 @@ class NodeBuilder:
         self.op_type = node.op_type
         self.name = node.name or (node.output[0] if node.output else node.op_type)
         self.created: list[Node] = []
+        self.out_elem_types: dict[int, int] = {}  # output index -> ONNX element type, set by casts
         hint = node.output[0] if node.output and node.output[0] else node.op_type.lower()
         self._hint = hint
+
+    def elem_type(self, i: int) -> int | None:
+        """The ONNX element type of input ``i`` (None when the input is absent or not known)."""
+        if i >= len(self.node.input) or not self.node.input[i]:
+            return None
+        return self.importer.elem_types.get(self.node.input[i])
 
     # -- attributes --------------------------------------------------------
     def attr(self, name: str, default=None):
@@ -303,6 +364,8 @@ class NodeBuilder:
     def call(self, op: str, *args, **kwargs):
         """Apply aten/memplan op ``op``: folded now if every tensor argument is a constant,
         else appended to the graph. Returns a Value/tensor, or a tuple for multi-output ops."""
+        if op in unsigned.OPS and unsigned.unsigned_dtype(args) is not None:
+            return unsigned.call(self, op, args, kwargs)  # aten lacks uint16/32/64 arithmetic
         opdef = lookup(op, node=self.name, source=self.name)
         fold = False
         if not _has_value((args, kwargs)):  # every tensor argument a constant: folded unless too large
@@ -429,7 +492,8 @@ def check_node_types(importer: Importer, node, results: list) -> None:
             continue
         elem, dims = importer.onnx_types[name_]
         ours_dtype = dtype_of(r)
-        if elem in ONNX_DTYPES and elem != 0 and ONNX_DTYPES[elem] != ours_dtype:
+        want = CARRIED_DTYPES.get(elem, ONNX_DTYPES.get(elem))
+        if want is not None and want != ours_dtype:
             raise MemplanError(f"lowering ONNX op {node.op_type} (node {node.name!r}) gives output {name_!r} dtype "
                                f"{ours_dtype}, ONNX type inference says {onnx_type_name(elem)}")
         if dims is not None and list(dims) != list(shape_of(r)):

@@ -24,7 +24,7 @@ import torch
 
 from memplan.errors import MemplanError, UnsupportedOpError
 from memplan.frontend.onnx_common import (CLAIMED_ELEM_TYPES, ONNX_OPS, NodeBuilder, OnnxOp,  # noqa: F401
-                                          attributes, check_node_types, dtype_of, is_const, norm_axis,
+                                          attributes, check_node_types, dtype_of, is_const, norm_axis, onnx_elem_type,
                                           onnx_op, rank_of, shape_of, torch_dtype_of)
 
 
@@ -69,6 +69,16 @@ def lower_node(importer, node) -> None:
         if i >= len(results) or results[i] is None:
             raise b.fail(f"output {i} ({name!r}) is not supported")
         importer.env[name] = results[i]
+        known = importer.onnx_types.get(name)
+        if getattr(b, "out_elem_types", {}).get(i) is not None:
+            importer.elem_types[name] = b.out_elem_types[i]
+        elif known is not None and known[0]:
+            importer.elem_types[name] = known[0]
+        else:
+            try:
+                importer.elem_types[name] = onnx_elem_type(dtype_of(results[i]))
+            except KeyError:
+                pass
         if is_const(results[i]):
             importer.const_names.setdefault(id(results[i]), name)  # a param made of it takes the ONNX name
             importer.keep_alive.append(results[i])
@@ -343,32 +353,6 @@ def lower_dropout(b, x, ratio=None, training_mode=None):
     if len(b.node.output) > 1 and b.node.output[1]:
         return x, b.full(shape_of(x), True, mask_dtype)
     return x
-
-
-# ---------------------------------------------------------------- casts
-def _cast_to(b, x, dtype: torch.dtype):
-    if dtype_of(x) == dtype:
-        return x
-    return b.call("aten._to_copy.default", x, dtype=dtype)
-
-
-def claim_cast(attrs, types, opset, ranks):
-    to = attrs.get("to")
-    if to is not None and to not in CLAIMED_ELEM_TYPES:
-        return "target type not supported"
-    if 16 in types or to == 16:
-        return "bfloat16 rounding differs"
-    return None
-
-
-@onnx_op("Cast", claim=claim_cast)
-def lower_cast(b, x):
-    return _cast_to(b, x, torch_dtype_of(b.attr("to"), f"Cast target of node {b.name!r}"))
-
-
-@onnx_op("CastLike", claim=claim_cast)
-def lower_cast_like(b, x, like):
-    return _cast_to(b, x, dtype_of(like))
 
 
 # ---------------------------------------------------------------- constants and shapes
@@ -947,5 +931,6 @@ def _hardmax_axis(b, x, axis):
 # the rest of the table: the neural-network and composite lowerings register themselves on import
 import memplan.frontend.onnx_nn  # noqa: E402,F401
 import memplan.frontend.onnx_composite  # noqa: E402,F401
+import memplan.frontend.onnx_cast  # noqa: E402,F401
 
 __all__ = ["ONNX_OPS", "OnnxOp", "onnx_op", "lower_node", "supported_onnx_ops", "UnsupportedOpError"]

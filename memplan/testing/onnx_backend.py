@@ -32,11 +32,28 @@ from onnx.backend.base import Backend, BackendRep
 import memplan
 from memplan.errors import InputMismatchError
 from memplan.frontend.onnx import from_onnx, load_model, prepare_model
-# CLAIMED_ELEM_TYPES: the ONNX element types the backend claims (no uint16/32/64: aten lacks most kernels;
-# no complex, float8, int4, strings); the op table's ``claim`` predicates read them too
-from memplan.frontend.onnx_common import (CLAIMED_ELEM_TYPES, NeedsConstantError, array_to_tensor, attributes,
+# CLAIMED_ELEM_TYPES: the ONNX element types the backend claims for every op; the op table's ``claim``
+# predicates read them too. The narrow types (8-bit floats, 4- and 2-bit types) are claimed for the ops
+# of NARROW_OPS only, uint16/32/64 for those of UNSIGNED_OPS.
+from memplan.frontend.onnx_common import (CARRIED_DTYPES, CLAIMED_ELEM_TYPES, NARROW_TYPES, ONNX_DTYPES,
+                                          UNSIGNED_WIDE, NeedsConstantError, array_to_tensor, attributes,
                                           tensor_to_array, torch_dtype_of)
 from memplan.frontend.onnx_ops import ONNX_OPS  # the whole table (its modules register on import)
+
+
+# ops that move or reinterpret elements without arithmetic: every type memplan holds
+LAYOUT_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Size",
+                        "Constant", "Cast", "CastLike", "BitCast"})
+NARROW_OPS = LAYOUT_OPS
+UNSIGNED_OPS = LAYOUT_OPS | frozenset({  # their lowerings compute uint16/32/64 widened (frontend.onnx_unsigned)
+    "Add", "Sub", "Mul", "Div", "Mod", "Pow", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
+    "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Max", "Min", "TopK", "Where", "Not"})
+HELD_TYPES = frozenset(ONNX_DTYPES) | frozenset(CARRIED_DTYPES)
+_COMPLEX = frozenset({14, 15})
+
+
+def _held(t) -> bool:
+    return t in HELD_TYPES and t not in _COMPLEX
 
 
 def claim_reason(model) -> str | None:
@@ -49,10 +66,10 @@ def claim_reason(model) -> str | None:
     for vi in list(g.input) + list(g.output):
         if not vi.type.HasField("tensor_type"):
             return f"{vi.name!r} is not a tensor"
-        if vi.type.tensor_type.elem_type not in CLAIMED_ELEM_TYPES:
+        if not _held(vi.type.tensor_type.elem_type):
             return f"{vi.name!r} has element type {vi.type.tensor_type.elem_type}"
     for init in g.initializer:
-        if init.data_type not in CLAIMED_ELEM_TYPES:
+        if not _held(init.data_type):
             return f"initializer {init.name!r} has element type {init.data_type}"
     types = {vi.name: vi.type.tensor_type.elem_type for vi in g.input if vi.type.HasField("tensor_type")}
     types.update({i.name: i.data_type for i in g.initializer})
@@ -76,8 +93,15 @@ def claim_reason(model) -> str | None:
             return f"{node.op_type} has a sub-graph"
         for out in node.output:
             t = types.get(out)
-            if t is not None and t not in CLAIMED_ELEM_TYPES and t != 0:
+            if t is not None and t != 0 and not _held(t):
                 return f"{node.op_type} output {out!r} has element type {t}"
+        seen = {types.get(n) for n in list(node.input) + list(node.output) if n}
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            seen.add(node.attribute[0].t.data_type)
+        if seen & NARROW_TYPES and node.op_type not in NARROW_OPS:
+            return f"{node.op_type} on element type {min(seen & NARROW_TYPES)}"
+        if seen & UNSIGNED_WIDE and node.op_type not in UNSIGNED_OPS:
+            return f"{node.op_type} on element type {min(seen & UNSIGNED_WIDE)}"
         if op.claim is not None:
             try:
                 attrs = attributes(node)
@@ -106,6 +130,7 @@ class MemplanRep(BackendRep):
         self.bound: set[str] = set()
         self.compiled: dict[Any, Any] = {}
         self.device = device
+        self.output_types = [vi.type.tensor_type.elem_type for vi in model.graph.output]
 
     def _compile(self, tensors: dict[str, torch.Tensor], *, values_known: bool = True):
         """The compiled module for these inputs (compiled on first use) and the free inputs.
@@ -146,7 +171,7 @@ class MemplanRep(BackendRep):
         cm, free = self._compile(tensors)
         out = cm(*free.values())  # graph inputs follow the ONNX input order
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        return [tensor_to_array(o) for o in outs]
+        return [tensor_to_array(o, t) for o, t in zip(outs, self.output_types)]
 
 
 class MemplanBackend(Backend):
