@@ -304,6 +304,7 @@ class NodeBuilder:
         self.name = node.name or (node.output[0] if node.output else node.op_type)
         self.created: list[Node] = []
         self.out_elem_types: dict[int, int] = {}  # output index -> ONNX element type, set by casts
+        self.fold = True  # False: every call becomes a node (a quantized weight dequantized at run time)
         hint = node.output[0] if node.output and node.output[0] else node.op_type.lower()
         self._hint = hint
 
@@ -368,7 +369,7 @@ class NodeBuilder:
             return unsigned.call(self, op, args, kwargs)  # aten lacks uint16/32/64 arithmetic
         opdef = lookup(op, node=self.name, source=self.name)
         fold = False
-        if not _has_value((args, kwargs)):  # every tensor argument a constant: folded unless too large
+        if self.fold and not _has_value((args, kwargs)):  # all tensor arguments constant: folded unless too large
             limit = self.importer.fold_limit()
             fold = _folded_bytes(opdef.impl, args, kwargs, limit) <= max(limit, _tensor_bytes((args, kwargs)))
         if fold:

@@ -11,7 +11,8 @@ whole ``[L, L]`` position bias) stay computed per call, inside the plan; nor is 
 materialised from the small vectors it is built of (the ``attention`` pass computes it per query
 block from them, and recognises causal positions). The folded values read by
 the rest of the graph become params holding their data (their names kept: ``param %index``), the
-folded nodes go, and weights only they read are dropped. Values that are graph outputs (or views
+folded nodes go, and weights only they read are dropped. A cast that widens a weight (the
+dequantization of an int8 weight) is not folded: the weight stays in its own bytes. Values that are graph outputs (or views
 of them) are left alone, so an output stays fresh.
 
 Option ``fold_constants``: ``on`` (default) or ``off``.
@@ -76,6 +77,8 @@ def fold_constants_graph(graph: Graph, max_bytes: int = MAX_BYTES, total_bytes: 
             continue
         if any(v.name in masks for v in node.outputs) and _expands(node):
             continue  # the attention pass computes such a mask per query block from what it is built of
+        if _widens_weight(graph, node):
+            continue  # a quantized weight stays in its own bytes, widened (dequantized) where it is read
         try:
             with torch.no_grad():
                 results = run_node(node, map_values(node.args, lambda v: data[v.name]),
@@ -117,6 +120,14 @@ def fold_constants_graph(graph: Graph, max_bytes: int = MAX_BYTES, total_bytes: 
     for p in dropped:
         graph.weights.pop(p.name, None)
     return len(folded), len(new_params), sum(v.nbytes for v in new_params)
+
+
+def _widens_weight(graph: Graph, node) -> bool:
+    """Is ``node`` a cast of a weight to a wider dtype (an int8 weight's dequantization)? Folding it
+    would keep the wide copy resident: 4 bytes an element for an int8 weight's 1."""
+    if node.op != "aten._to_copy.default" or not node.inputs or node.inputs[0].name not in graph.weights:
+        return False
+    return node.outputs[0].type.torch_dtype.itemsize > node.inputs[0].type.torch_dtype.itemsize
 
 
 def _is_positions(t: torch.Tensor) -> bool:

@@ -44,8 +44,10 @@ from memplan.frontend.onnx_ops import ONNX_OPS  # the whole table (its modules r
 # ops that move or reinterpret elements without arithmetic: every type memplan holds
 LAYOUT_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Size",
                         "Constant", "Cast", "CastLike", "BitCast"})
-NARROW_OPS = LAYOUT_OPS
-UNSIGNED_OPS = LAYOUT_OPS | frozenset({  # their lowerings compute uint16/32/64 widened (frontend.onnx_unsigned)
+QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                       "QLinearMatMul", "QLinearConv"})
+NARROW_OPS = LAYOUT_OPS | QUANT_OPS
+UNSIGNED_OPS = LAYOUT_OPS | QUANT_OPS | frozenset({  # their lowerings compute uint16/32/64 widened (frontend.onnx_unsigned)
     "Add", "Sub", "Mul", "Div", "Mod", "Pow", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
     "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Max", "Min", "TopK", "Where", "Not"})
 HELD_TYPES = frozenset(ONNX_DTYPES) | frozenset(CARRIED_DTYPES)
