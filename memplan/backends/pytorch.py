@@ -189,16 +189,24 @@ def _region_step(node, names, region: str, comment: str) -> list[str]:
         lines = [f"{names(node.outputs[0])} = {names(node.reuses)}"]
     else:
         lines = [f"{names(v)} = {_buffer(v)}" for v in node.outputs]
-    tiles = [a if s.kind == "full" else f"{a}.narrow({s.dim}, t * {s.step}, {s.size})"
-             for a, s in zip(args, spec.inputs)]
+    # a carried state lives in its output's buffer: the argument copied in first, each trip reads it and
+    # its result (a new value) is copied over it
+    for a, s in zip(args, spec.inputs):
+        if s.kind == "carry":
+            lines.append(f"{names(node.outputs[s.dim])}.copy_({a})")
+    tiles = [names(node.outputs[s.dim]) if s.kind == "carry" else a if s.kind == "full"
+             else f"{a}.narrow({s.dim}, t * {s.step}, {s.size})" for a, s in zip(args, spec.inputs)]
     results = [f"trip_{j}" for j in range(len(node.outputs))]
-    lines.append(f"for t in range({spec.trips}):{comment} (tiled loop)")
+    kind = "recurrent loop" if any(s.kind == "carry" for s in spec.inputs) else "tiled loop"
+    lines.append(f"for t in range({spec.trips}):{comment} ({kind})")
     lines.append(f"    {', '.join(results)} = {region}({', '.join(tiles)})")
     for v, r, combine, body_out in zip(node.outputs, results, spec.outputs, node.subgraph.outputs):
         out = names(v)
         if combine.kind == "concat":
             n = int(body_out.type.shape[combine.dim])
             lines.append(f"    {out}.narrow({combine.dim}, t * {n}, {n}).copy_({r})")
+        elif combine.kind == "last":
+            lines.append(f"    {out}.copy_({r})")
         else:
             lines.append(f"    if t == 0:")
             lines.append(f"        {out}.copy_({r})")

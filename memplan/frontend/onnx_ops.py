@@ -933,5 +933,6 @@ import memplan.frontend.onnx_nn  # noqa: E402,F401
 import memplan.frontend.onnx_composite  # noqa: E402,F401
 import memplan.frontend.onnx_cast  # noqa: E402,F401
 import memplan.frontend.onnx_quant  # noqa: E402,F401
+import memplan.frontend.onnx_loops  # noqa: E402,F401
 
 __all__ = ["ONNX_OPS", "OnnxOp", "onnx_op", "lower_node", "supported_onnx_ops", "UnsupportedOpError"]

@@ -49,14 +49,22 @@ def run_node(node: Node, args, kwargs) -> list[torch.Tensor]:
 def _run_loop(node: Node, args) -> list[torch.Tensor]:
     spec = loop_spec(node)
     results: list[list[torch.Tensor]] = [[] for _ in node.outputs]
+    state = {i: a for i, (a, s) in enumerate(zip(args, spec.inputs)) if s.kind == "carry"}
     for t in range(spec.trips):
-        tiles = [a if s.kind == "full" else a.narrow(s.dim, t * s.step, s.size) for a, s in zip(args, spec.inputs)]
-        for j, r in enumerate(run_graph(node.subgraph, tiles, {})):
+        tiles = [state[i] if s.kind == "carry" else a if s.kind == "full" else a.narrow(s.dim, t * s.step, s.size)
+                 for i, (a, s) in enumerate(zip(args, spec.inputs))]
+        trip = run_graph(node.subgraph, tiles, {})
+        for j, r in enumerate(trip):
             results[j].append(r)
+        for i, s in enumerate(spec.inputs):
+            if s.kind == "carry":
+                state[i] = trip[s.dim]
     out = []
     for parts, combine in zip(results, spec.outputs):
         if combine.kind == "concat":
             out.append(torch.cat(parts, combine.dim))
+        elif combine.kind == "last":
+            out.append(parts[-1].clone())
         else:  # trip by trip, in order, as a backend accumulates
             total = parts[0].clone()
             for p in parts[1:]:

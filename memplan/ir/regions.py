@@ -12,8 +12,12 @@ of ``dim``: ``step == size`` tiles without overlap, ``size > step`` carries a
 halo, as a convolution's window needs; pad the input first where the edges
 need it). Per output, how the trips' results combine: ``["concat", dim]``
 (trip ``t`` writes its tile at ``[t*n, (t+1)*n)`` of ``dim``, ``n`` the body
-output's size there) or ``["sum"]`` (the trips' results are added). The body
-is typed for one trip::
+output's size there), ``["sum"]`` (the trips' results are added) or ``["last"]``
+(the last trip's result). A recurrence carries state: an input ``["carry", j]``
+is the argument on the first trip and body output ``j`` of the trip before on
+every later one (output ``j`` then combines as ``["last"]``: the final state,
+held in one buffer that every trip reads and overwrites). The body is typed
+for one trip::
 
     %y: f32[8, 16] = memplan.loop(%x, %w, trips=4, inputs=[["slice", 0, 2, 2], ["full"]],
                                   outputs=[["concat", 0]]) graph body(%xt: f32[2, 16], %w: f32[16]) {
@@ -38,12 +42,13 @@ from memplan.ir.types import TensorType
 GROUP = "memplan.group"
 LOOP = "memplan.loop"
 REGION_OPS = frozenset({GROUP, LOOP})
-COMBINES = ("concat", "sum")
+COMBINES = ("concat", "sum", "last")
 
 
 @dataclass(frozen=True)
 class Slicing:
-    """How a loop input is cut for one trip: ``kind`` ``full`` or ``slice`` (``dim``, ``step``, ``size``)."""
+    """How a loop input is cut for one trip: ``kind`` ``full``, ``slice`` (``dim``, ``step``, ``size``)
+    or ``carry`` (``dim`` holds the body output that feeds it from the second trip on)."""
 
     kind: str
     dim: int = 0
@@ -53,7 +58,7 @@ class Slicing:
 
 @dataclass(frozen=True)
 class Combine:
-    """How a loop output gathers the trips: ``kind`` ``concat`` (along ``dim``) or ``sum``."""
+    """How a loop output gathers the trips: ``kind`` ``concat`` (along ``dim``), ``sum`` or ``last``."""
 
     kind: str
     dim: int = 0
@@ -91,8 +96,17 @@ def loop_spec(node: Node) -> LoopSpec:
         _fail(node, f"outputs must give one combine per output ({len(node.outputs)}), got {outputs!r:.60}")
     slicings = []
     for i, spec in enumerate(inputs):
-        if not isinstance(spec, (list, tuple)) or not spec or spec[0] not in ("full", "slice"):
-            _fail(node, f"input {i}: slicing must be ['full'] or ['slice', dim, step, size], got {spec!r:.60}")
+        if not isinstance(spec, (list, tuple)) or not spec or spec[0] not in ("full", "slice", "carry"):
+            _fail(node, f"input {i}: slicing must be ['full'], ['slice', dim, step, size] or ['carry', output], "
+                        f"got {spec!r:.60}")
+        if spec[0] == "carry":
+            if len(spec) != 2:
+                _fail(node, f"input {i}: ['carry', output] has two entries, got {spec!r:.60}")
+            j = _int(node, spec[1], f"input {i} carry")
+            if not 0 <= j < len(outputs):
+                _fail(node, f"input {i}: carried from output {j}, but the loop has {len(outputs)} outputs")
+            slicings.append(Slicing("carry", j))
+            continue
         if spec[0] == "full":
             if len(spec) != 1:
                 _fail(node, f"input {i}: ['full'] takes no numbers, got {spec!r:.60}")
@@ -107,15 +121,22 @@ def loop_spec(node: Node) -> LoopSpec:
     combines = []
     for j, spec in enumerate(outputs):
         if not isinstance(spec, (list, tuple)) or not spec or spec[0] not in COMBINES:
-            _fail(node, f"output {j}: combine must be ['concat', dim] or ['sum'], got {spec!r:.60}")
+            _fail(node, f"output {j}: combine must be ['concat', dim], ['sum'] or ['last'], got {spec!r:.60}")
         if spec[0] == "concat":
             if len(spec) != 2:
                 _fail(node, f"output {j}: ['concat', dim] has two entries, got {spec!r:.60}")
             combines.append(Combine("concat", _int(node, spec[1], f"output {j} concat dim")))
         else:
             if len(spec) != 1:
-                _fail(node, f"output {j}: ['sum'] takes no numbers, got {spec!r:.60}")
-            combines.append(Combine("sum"))
+                _fail(node, f"output {j}: [{spec[0]!r}] takes no numbers, got {spec!r:.60}")
+            combines.append(Combine(spec[0]))
+    carried = [s.dim for s in slicings if s.kind == "carry"]
+    for j in carried:
+        if carried.count(j) > 1:
+            _fail(node, f"output {j} carries into two inputs; one state is one input")
+        if combines[j].kind != "last":
+            _fail(node, f"output {j} is carried into the next trip, so its combine is ['last'] (the final state), "
+                        f"got {combines[j].kind!r}")
     return LoopSpec(trips, tuple(slicings), tuple(combines))
 
 
@@ -128,7 +149,7 @@ def _norm_dim(node, dim: int, rank: int, what: str) -> int:
 def tile_type(node: Node, value: Value, slicing: Slicing, trips: int) -> TensorType:
     """The type of one trip's slice of ``value``."""
     t = value.type
-    if slicing.kind == "full":
+    if slicing.kind in ("full", "carry"):
         return t
     d = _norm_dim(node, slicing.dim, t.rank, f"input %{value.name}")
     extent = t.shape[d]
@@ -150,7 +171,7 @@ def region_types(node: Node) -> list[TensorType]:
     spec = loop_spec(node)
     out = []
     for v, combine in zip(body.outputs, spec.outputs):
-        if combine.kind == "sum":
+        if combine.kind in ("sum", "last"):
             out.append(v.type)
             continue
         d = _norm_dim(node, combine.dim, v.type.rank, f"body output %{v.name}")
@@ -178,9 +199,14 @@ def check_region(node: Node) -> None:
     if body.params:
         _fail(node, "a body reads weights through its inputs, it declares no params")
     slicings = loop_spec(node).inputs if node.op == LOOP else [Slicing("full")] * len(args)
-    if node.op == LOOP and not any(s.kind == "slice" and s.step >= 1 for s in slicings):
-        _fail(node, "a loop tiles at least one input (a slice with step >= 1): otherwise every trip computes the "
-                    "same thing, and its trip count is bounded by nothing")
+    if node.op == LOOP and not any((s.kind == "slice" and s.step >= 1) or s.kind == "carry" for s in slicings):
+        _fail(node, "a loop tiles at least one input (a slice with step >= 1) or carries a state: otherwise every "
+                    "trip computes the same thing")
+    if node.op == LOOP:
+        for i, s in enumerate(slicings):
+            if s.kind == "carry" and not args[i].type.same_tensor(body.outputs[s.dim].type):
+                _fail(node, f"input {i} (%{args[i].name}, {args[i].type}) is carried from body output "
+                            f"%{body.outputs[s.dim].name}, typed {body.outputs[s.dim].type}: a state keeps its type")
     trips = loop_spec(node).trips if node.op == LOOP else 1
     for a, b, slicing in zip(args, body.inputs, slicings):
         want = tile_type(node, a, slicing, trips)

@@ -51,7 +51,7 @@ def absorb_concats(graph: Graph, loop: Node) -> int:
         return 0
     spec = loop_spec(loop)
     dims = {c.dim for c in spec.outputs if c.kind == "concat"}
-    if len(dims) != 1 or len(spec.outputs) != len(loop.outputs):
+    if len(dims) != 1 or len(spec.outputs) != len(loop.outputs) or any(c.kind != "concat" for c in spec.outputs):
         return 0
     shape = [int(d) for d in loop.outputs[0].type.shape]
     rank = len(shape)
