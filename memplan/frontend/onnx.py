@@ -151,6 +151,9 @@ def prepare_model(model):
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise ModelLoadError(f"cannot inline the model's local functions: {str(exc).splitlines()[0]}") from None
+    if default_opset(model) < 9 and any(n.op_type == "Scan" for n in model.graph.node):
+        raise UnsupportedOpError("ONNX op Scan at opset 8 (a batch axis and sequence_lens) is not supported; "
+                                 "export the model at opset 9 or newer")
     if default_opset(model) < MIN_OPSET:
         try:
             import onnx.version_converter

@@ -16,6 +16,8 @@ pre-activations of the gates) and LSTM's peepholes and ``input_forget`` are supp
 """
 from __future__ import annotations
 
+from collections import ChainMap
+
 import torch
 
 from memplan.frontend.onnx_common import (Importer, NodeBuilder, dtype_of, is_const, onnx_op, rank_of,
@@ -23,6 +25,28 @@ from memplan.frontend.onnx_common import (Importer, NodeBuilder, dtype_of, is_co
 from memplan.ir.graph import INPUT, Graph, Value
 from memplan.ir.regions import LOOP
 from memplan.ir.types import TensorType
+
+
+class Scope(dict):
+    """The environment of a body graph: its own names, then the enclosing graph's (ONNX bodies read
+    outer values by name). ``capture(name, value)`` turns an outer value into what the body reads."""
+
+    def __init__(self, outer, capture):
+        super().__init__()
+        self.outer, self.capture = outer, capture
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self.outer
+
+    def __missing__(self, name):
+        if name not in self.outer:
+            raise KeyError(name)
+        value = self.capture(name, self.outer[name])
+        self[name] = value
+        return value
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
 
 
 def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: list, *, what: str = "loop"):
@@ -35,7 +59,6 @@ def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: lis
     makes become inputs of the loop (a body holds no weights)."""
     body = Graph(f"{b._hint}_{what}")
     sub = Importer(body, b.importer.opset, {}, fold_limit=b.importer.fold_limit)
-    bb = NodeBuilder(sub, b.node, b.attrs)
     outer = [b.importer.materialize(a) if is_const(a) else a for a in args]
     tiles = []
     for i, (a, s) in enumerate(zip(outer, slicings)):
@@ -43,6 +66,18 @@ def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: lis
         if s[0] == "slice":
             shape[s[1]] = s[3]
         tiles.append(body.add_input(f"in{i}", TensorType(a.type.dtype, tuple(shape))))
+    captured: list[Value] = []  # values of the enclosing graph the body reads by name (ONNX's outer scope)
+
+    def capture(name: str, value):
+        if is_const(value):
+            return value
+        inner = body.add_input(name, value.type)
+        captured.append(value)
+        return inner
+
+    sub.env = Scope(b.importer.env, capture)
+    sub.elem_types = ChainMap({}, b.importer.elem_types)
+    bb = NodeBuilder(sub, b.node, b.attrs)
     results = list(body_fn(bb, *tiles))
     inputs = {v.name for v in body.inputs}
     fresh = []
@@ -52,6 +87,8 @@ def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: lis
         if r.name in inputs or r.name in {f.name for f in fresh}:
             r = bb.call("aten.clone.default", r)  # a body output is a value of its own
         fresh.append(r)
+    outer += captured
+    slicings = list(slicings) + [["full"]] * len(captured)
     for p in list(body.params):  # constants the body made: loop inputs read whole
         data = body.weights.pop(p.name)
         p.kind = INPUT
@@ -60,6 +97,10 @@ def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: lis
         slicings = list(slicings) + [["full"]]
     body.params = []
     body.outputs = fresh
+    for i, s in enumerate(slicings):
+        if s[0] == "carry" and not outer[i].type.same_tensor(fresh[s[1]].type):
+            raise b.fail(f"a loop state changes from {outer[i].type} to {fresh[s[1]].type} across iterations; "
+                         "memplan plans a state of one type")
     types = []
     for r, c in zip(fresh, combines):
         shape = list(r.type.shape)

@@ -43,6 +43,10 @@ def lower_node(importer, node) -> None:
                                  op=f"{node.domain}::{node.op_type}", node=node.name)
     op = ONNX_OPS.get(node.op_type)
     if op is None:
+        from memplan.frontend.onnx_functions import has_function, lower_function_op
+        if has_function(node.op_type, importer.opset):  # defined by a function of other ops: lowered through it
+            _lower_through_function(importer, node)
+            return
         raise UnsupportedOpError(f"ONNX op {node.op_type} ({where}) is not supported; memplan lowers {len(ops)} "
                                  f"ONNX ops: {', '.join(ops)}", op=f"onnx::{node.op_type}", node=node.name)
     attrs = attributes(node)
@@ -84,6 +88,25 @@ def lower_node(importer, node) -> None:
             importer.keep_alive.append(results[i])
     _rename_outputs(b, node, results)
     check_node_types(importer, node, results)
+
+
+def _lower_through_function(importer, node) -> None:
+    from memplan.frontend.onnx_functions import lower_function_op
+    inputs = [importer.env[n] if n else None for n in node.input]
+    results = lower_function_op(importer, node, inputs)
+    if results is None:
+        raise UnsupportedOpError(f"ONNX op {node.op_type} (node {node.name!r}): its schema's function body is not "
+                                 "defined for this opset", op=f"onnx::{node.op_type}", node=node.name)
+    for i, name in enumerate(node.output):
+        if not name:
+            continue
+        if i >= len(results) or results[i] is None:
+            raise UnsupportedOpError(f"ONNX op {node.op_type} (node {node.name!r}): its function body does not "
+                                     f"produce output {i} ({name!r})", op=f"onnx::{node.op_type}", node=node.name)
+        importer.env[name] = results[i]
+        if not is_const(results[i]):
+            importer.elem_types[name] = onnx_elem_type(dtype_of(results[i])) if name not in importer.elem_types else \
+                importer.elem_types[name]
 
 
 def _rename_outputs(b: NodeBuilder, node, results) -> None:
@@ -934,5 +957,6 @@ import memplan.frontend.onnx_composite  # noqa: E402,F401
 import memplan.frontend.onnx_cast  # noqa: E402,F401
 import memplan.frontend.onnx_quant  # noqa: E402,F401
 import memplan.frontend.onnx_loops  # noqa: E402,F401
+import memplan.frontend.onnx_control  # noqa: E402,F401
 
 __all__ = ["ONNX_OPS", "OnnxOp", "onnx_op", "lower_node", "supported_onnx_ops", "UnsupportedOpError"]

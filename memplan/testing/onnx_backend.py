@@ -38,6 +38,7 @@ from memplan.frontend.onnx import from_onnx, load_model, prepare_model
 from memplan.frontend.onnx_common import (CARRIED_DTYPES, CLAIMED_ELEM_TYPES, NARROW_TYPES, ONNX_DTYPES,
                                           UNSIGNED_WIDE, NeedsConstantError, array_to_tensor, attributes,
                                           tensor_to_array, torch_dtype_of)
+from memplan.frontend.onnx_functions import has_function
 from memplan.frontend.onnx_ops import ONNX_OPS  # the whole table (its modules register on import)
 
 
@@ -50,6 +51,7 @@ NARROW_OPS = LAYOUT_OPS | QUANT_OPS
 UNSIGNED_OPS = LAYOUT_OPS | QUANT_OPS | frozenset({  # their lowerings compute uint16/32/64 widened (frontend.onnx_unsigned)
     "Add", "Sub", "Mul", "Div", "Mod", "Pow", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
     "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Max", "Min", "TopK", "Where", "Not"})
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})  # their bodies are lowered (frontend.onnx_control)
 HELD_TYPES = frozenset(ONNX_DTYPES) | frozenset(CARRIED_DTYPES)
 _COMPLEX = frozenset({14, 15})
 
@@ -85,14 +87,39 @@ def claim_reason(model) -> str | None:
                     ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
     except Exception:  # noqa: BLE001
         pass
-    for node in g.node:
+    return _nodes_reason(g.node, types, ranks, _opset(model))
+
+
+def _nodes_reason(nodes, types, ranks, opset) -> str | None:
+    """Why memplan does not claim these nodes (a graph's or a body's); None when it does."""
+    for node in nodes:
         if node.domain not in ("", "ai.onnx"):
             return f"domain {node.domain}"
         op = ONNX_OPS.get(node.op_type)
         if op is None:
-            return f"op {node.op_type}"
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            return f"{node.op_type} has a sub-graph"
+            if not has_function(node.op_type, opset):
+                return f"op {node.op_type}"
+            reason = _function_reason(node, types, ranks, opset)
+            if reason:
+                return reason
+            continue
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPHS or (a.type == onnx.AttributeProto.GRAPH
+                                                        and node.op_type not in CONTROL_FLOW_OPS):
+                return f"{node.op_type} has a sub-graph"
+            if a.type == onnx.AttributeProto.GRAPH:
+                for vi in list(a.g.input) + list(a.g.output):
+                    kind = vi.type.WhichOneof("value")
+                    if kind not in (None, "tensor_type") or (
+                            kind == "tensor_type" and vi.type.tensor_type.elem_type
+                            and not _held(vi.type.tensor_type.elem_type)):
+                        return f"{node.op_type} body value {vi.name!r} is not a tensor memplan holds"
+                body_types = dict(types)
+                body_types.update({vi.name: vi.type.tensor_type.elem_type for vi in a.g.input
+                                   if vi.type.HasField("tensor_type")})
+                reason = _nodes_reason(a.g.node, body_types, ranks, opset)
+                if reason:
+                    return f"{node.op_type} body: {reason}"
         for out in node.output:
             t = types.get(out)
             if t is not None and t != 0 and not _held(t):
@@ -110,10 +137,35 @@ def claim_reason(model) -> str | None:
             except Exception as exc:  # noqa: BLE001
                 return str(exc)
             in_types = [types.get(i) for i in node.input]
-            reason = op.claim(attrs, in_types, _opset(model), [ranks.get(i) for i in node.input])
+            reason = op.claim(attrs, in_types, opset, [ranks.get(i) for i in node.input])
             if reason:
                 return f"{node.op_type}: {reason}"
     return None
+
+
+def _function_reason(node, types, ranks, opset) -> str | None:
+    """Why a function op's body is not claimed (its body nodes checked as any others)."""
+    schema = onnx.defs.get_schema(node.op_type, opset)
+    if schema.has_function:
+        versions = [v for v in schema.function_opset_versions if v <= opset]
+        if not versions:
+            return f"op {node.op_type}: no function body at opset {opset}"
+        body = onnx.FunctionProto()
+        body.ParseFromString(schema.get_function_with_opset_version(max(versions)))
+        reason = _nodes_reason(body.node, {}, {}, opset)
+        return f"{node.op_type} (function): {reason}" if reason else None
+    versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    in_types = [onnx.helper.make_tensor_type_proto(types[n], None).SerializeToString() if n and types.get(n)
+                else onnx.TypeProto().SerializeToString() for n in node.input]
+    try:
+        text = schema.get_context_dependent_function_with_opset_version(max(versions), node.SerializeToString(),
+                                                                           in_types)
+    except Exception as exc:  # noqa: BLE001  (the body cannot be built without the types memplan lowers with)
+        return f"op {node.op_type}: its function body ({exc})"
+    body = onnx.FunctionProto()
+    body.ParseFromString(text)
+    reason = _nodes_reason(body.node, {}, {}, opset)
+    return f"{node.op_type} (function): {reason}" if reason else None
 
 
 def _opset(model) -> int:
