@@ -38,7 +38,7 @@ import torch
 
 from memplan.errors import InputMismatchError, ModelLoadError, UnsupportedOpError
 from memplan.frontend.onnx_common import (  # noqa: F401  (also re-exported: the helpers moved there)
-    MAX_TENSOR_BYTES, ONNX_DTYPES, Importer, NeedsConstantError, NodeBuilder, _nbytes, array_to_tensor,
+    MAX_TENSOR_BYTES, ONNX_DTYPES, EmptyOptional, Importer, NeedsConstantError, OnnxSequence, NodeBuilder, _nbytes, array_to_tensor,
     attributes, is_const, onnx_type_name, tensor_from_proto, tensor_to_array, torch_dtype_of)
 from memplan.frontend.onnx_ops import lower_node  # the op table (its modules register on import)
 from memplan.ir.graph import Graph, Value
@@ -395,8 +395,14 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
                                  f"({', '.join(vi.name for vi in free_inputs) or 'none'})")
 
     input_types: dict[str, TensorType] = {}
+    structured: dict[str, object] = {}  # sequence and optional graph inputs: their element types
     for i, vi in enumerate(free_inputs):
-        t, _ = resolve_input_type(vi, _example_for(example_inputs, i, vi.name))
+        example = _example_for(example_inputs, i, vi.name)
+        kind = vi.type.WhichOneof("value")
+        if kind in ("sequence_type", "optional_type"):
+            structured[vi.name] = _structured_input(vi, example)
+            continue
+        t, _ = resolve_input_type(vi, example)
         input_types[vi.name] = t
     for name_, data in bound.items():
         vi = next(v for v in real_inputs if v.name == name_)
@@ -408,7 +414,8 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
     for init in g.initializer:
         importer.elem_types[init.name] = init.data_type
     for vi in real_inputs:
-        importer.elem_types[vi.name] = vi.type.tensor_type.elem_type
+        if vi.type.HasField("tensor_type"):
+            importer.elem_types[vi.name] = vi.type.tensor_type.elem_type
     for name_, t in initializers.items():
         importer.env[name_] = t
         importer.const_names[id(t)] = name_
@@ -416,6 +423,9 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
         importer.env[name_] = t
         importer.const_names[id(t)] = name_
     for vi in free_inputs:
+        if vi.name in structured:
+            importer.env[vi.name] = _bind_structured(graph, importer, vi.name, structured[vi.name])
+            continue
         value = graph.add_input(vi.name, input_types[vi.name])
         importer.env[vi.name] = value
         importer.input_names[value.name] = vi.name
@@ -424,17 +434,61 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
         lower_node(importer, node)
 
     outputs = []
+    structure = []  # per ONNX output: None (a tensor), the length of a sequence, or "empty" (an empty optional)
     for vi in g.output:
         if vi.name not in importer.env:
             raise ModelLoadError(f"graph output {vi.name!r} is not produced by any node")
         v = importer.env[vi.name]
-        if v is None:
-            raise UnsupportedOpError(f"graph output {vi.name!r} is an empty optional")
-        if is_const(v):
-            v = importer.materialize(v, vi.name)
-        outputs.append(v)
+        if v is None or isinstance(v, EmptyOptional):
+            structure.append("empty")
+            continue
+        items = list(v) if isinstance(v, OnnxSequence) else [v]
+        structure.append(len(items) if isinstance(v, OnnxSequence) else None)
+        for j, item in enumerate(items):
+            outputs.append(importer.materialize(item, f"{vi.name}_{j}" if isinstance(v, OnnxSequence) else vi.name)
+                           if is_const(item) else item)
     graph.outputs = _fresh_outputs(graph, outputs)
+    graph.onnx_outputs = structure  # how the flat IR outputs group into the ONNX outputs (sequences)
     return graph
+
+
+def _structured_input(vi, example):
+    """(kind, element types) of a sequence or optional graph input from its example: a list of
+    tensors for a sequence, None (empty) or the held value for an optional."""
+    t = vi.type
+    if t.HasField("optional_type"):
+        inner = t.optional_type.elem_type
+        if example is None:
+            return ("empty", inner.WhichOneof("value"))
+        if inner.HasField("sequence_type"):
+            return ("sequence", inner.sequence_type.elem_type.tensor_type.elem_type, example)
+        return ("tensor", inner.tensor_type.elem_type, example)
+    elem = t.sequence_type.elem_type
+    if not elem.HasField("tensor_type"):
+        raise UnsupportedOpError(f"graph input {vi.name!r} is a sequence of {elem.WhichOneof('value')}; memplan "
+                                 "takes sequences of tensors")
+    if example is None:
+        raise InputMismatchError(f"graph input {vi.name!r} is a sequence: pass its example (a list of tensors)")
+    return ("sequence", elem.tensor_type.elem_type, example)
+
+
+def _bind_structured(graph, importer, name: str, spec):
+    """Graph inputs for a sequence's elements (``name_0``, ``name_1``, ...) or an optional's value."""
+    kind = spec[0]
+    if kind == "empty":
+        return EmptyOptional("sequence" if spec[1] == "sequence_type" else "tensor")
+    elem, example = spec[1], spec[2]
+    dtype = torch_dtype_of(elem, f"graph input {name!r}")
+    items = list(example) if kind == "sequence" else [example]
+    values = []
+    for j, item in enumerate(items):
+        shape = tuple(item) if _is_shape(item) else tuple(np.asarray(item).shape if not isinstance(item, torch.Tensor)
+                                                          else item.shape)
+        check_tensor_size(f"element {j} of graph input {name!r}", shape, dtype)
+        value = graph.add_input(f"{name}_{j}" if kind == "sequence" else name, TensorType(dtype_name(dtype), shape))
+        importer.input_names[value.name] = name
+        values.append(value)
+    return OnnxSequence(values, elem) if kind == "sequence" else values[0]
 
 
 def _fresh_outputs(graph: Graph, outputs: list[Value]) -> list[Value]:

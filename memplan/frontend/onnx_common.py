@@ -153,6 +153,31 @@ class NeedsConstantError(UnsupportedOpError):
         self.input_name = input_name
 
 
+# ---------------------------------------------------------------- sequences and optionals
+class OnnxSequence(list):
+    """An ONNX sequence: a list of tensors (values or constants) whose length is known at import time
+    (memplan plans each element as a tensor of its own). ``elem_type``: the ONNX element type."""
+
+    def __init__(self, items=(), elem_type: int = 0):
+        super().__init__(items)
+        self.elem_type = elem_type
+
+
+class EmptyOptional:
+    """An ONNX optional holding nothing (a present optional is the value it holds)."""
+
+    def __init__(self, kind: str = "tensor"):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"EmptyOptional({self.kind})"
+
+
+def is_tensor_like(x) -> bool:
+    """A tensor value or constant (not a sequence, not an empty optional)."""
+    return isinstance(x, torch.Tensor) or isinstance(x, Value)
+
+
 # ---------------------------------------------------------------- builder
 def is_const(x) -> bool:
     return isinstance(x, torch.Tensor)
@@ -489,7 +514,7 @@ def _f32(v: float) -> float:
 def check_node_types(importer: Importer, node, results: list) -> None:
     """Compare lowered output types with ONNX shape inference; raise on a static mismatch."""
     for name_, r in zip(node.output, results):
-        if not name_ or r is None or name_ not in importer.onnx_types:
+        if not name_ or r is None or name_ not in importer.onnx_types or not is_tensor_like(r):
             continue
         elem, dims = importer.onnx_types[name_]
         ours_dtype = dtype_of(r)
@@ -545,4 +570,5 @@ def rank_of(x) -> int:
 __all__ = ["ONNX_DTYPES", "MAX_TENSOR_BYTES", "CLAIMED_ELEM_TYPES", "onnx_type_name", "torch_dtype_of",
            "onnx_elem_type", "tensor_from_proto", "array_to_tensor", "tensor_to_array", "NeedsConstantError",
            "is_const", "shape_of", "dtype_of", "Importer", "NodeBuilder", "attributes", "check_node_types",
-           "OnnxOp", "ONNX_OPS", "onnx_op", "norm_axis", "rank_of"]
+           "OnnxOp", "ONNX_OPS", "onnx_op", "norm_axis", "rank_of", "OnnxSequence", "EmptyOptional",
+           "is_tensor_like"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from memplan.frontend.onnx_common import (NeedsConstantError, is_const, norm_axis, onnx_op, rank_of, shape_of,
+from memplan.frontend.onnx_common import (NeedsConstantError, is_const, is_tensor_like, norm_axis, onnx_op, rank_of, shape_of,
                                           tensor_from_proto)
 from memplan.frontend.onnx_loops import Scope, build_loop
 
@@ -147,6 +147,8 @@ def lower_loop(b, trip_count=None, cond=None, *initial):
         return list(outs[1:1 + n]) + [_unsqueeze(bb, y, 0) for y in outs[1 + n:]]
 
     slicings = [["slice", 0, 1, 1]] + [["carry", j] for j in range(n)]
+    if any(not is_tensor_like(v) for v in initial):  # a carried sequence or optional: unrolled
+        return _unrolled_loop(b, graph, trips, list(initial), n)
     try:
         outs = build_loop(b, trips, [iterations] + list(initial), slicings, body,
                           [["last"]] * n + [["concat", 0]] * k, what="loop")

@@ -25,6 +25,7 @@ import torch
 from memplan.errors import MemplanError, UnsupportedOpError
 from memplan.frontend.onnx_common import (CLAIMED_ELEM_TYPES, ONNX_OPS, NodeBuilder, OnnxOp,  # noqa: F401
                                           attributes, check_node_types, dtype_of, is_const, norm_axis, onnx_elem_type,
+                                          OnnxSequence, is_tensor_like,
                                           onnx_op, rank_of, shape_of, torch_dtype_of)
 
 
@@ -66,14 +67,20 @@ def lower_node(importer, node) -> None:
         # an attribute of the wrong type or out of range (axis="one", NaN scales): the file's fault
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise b.fail(f"cannot lower it with these attributes and inputs ({type(exc).__name__}: {text})") from None
-    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    results = list(result) if isinstance(result, (tuple, list)) and not isinstance(result, OnnxSequence) else [result]
     for i, name in enumerate(node.output):
         if not name:
             continue
         if i >= len(results) or results[i] is None:
             raise b.fail(f"output {i} ({name!r}) is not supported")
+        if isinstance(results[i], OnnxSequence):
+            for item in results[i]:
+                if is_const(item):
+                    importer.keep_alive.append(item)
         importer.env[name] = results[i]
         known = importer.onnx_types.get(name)
+        if not is_tensor_like(results[i]):
+            continue  # a sequence or an empty optional: its elements are typed as they are made
         if getattr(b, "out_elem_types", {}).get(i) is not None:
             importer.elem_types[name] = b.out_elem_types[i]
         elif known is not None and known[0]:
@@ -113,7 +120,7 @@ def _rename_outputs(b: NodeBuilder, node, results) -> None:
     """Give the IR value of each ONNX output the ONNX name, when it is free (readable IR)."""
     graph = b.graph
     for name, r in zip(node.output, results):
-        if not name or is_const(r) or r is None or r.producer is None or r.producer not in b.created:
+        if not name or not is_tensor_like(r) or is_const(r) or r.producer is None or r.producer not in b.created:
             continue
         want = "".join(c if (c.isalnum() or c == "_") else "_" for c in name) or "v"
         if want[0].isdigit():
@@ -958,5 +965,6 @@ import memplan.frontend.onnx_cast  # noqa: E402,F401
 import memplan.frontend.onnx_quant  # noqa: E402,F401
 import memplan.frontend.onnx_loops  # noqa: E402,F401
 import memplan.frontend.onnx_control  # noqa: E402,F401
+import memplan.frontend.onnx_sequences  # noqa: E402,F401
 
 __all__ = ["ONNX_OPS", "OnnxOp", "onnx_op", "lower_node", "supported_onnx_ops", "UnsupportedOpError"]

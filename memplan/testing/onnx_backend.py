@@ -51,7 +51,7 @@ NARROW_OPS = LAYOUT_OPS | QUANT_OPS
 UNSIGNED_OPS = LAYOUT_OPS | QUANT_OPS | frozenset({  # their lowerings compute uint16/32/64 widened (frontend.onnx_unsigned)
     "Add", "Sub", "Mul", "Div", "Mod", "Pow", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
     "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Max", "Min", "TopK", "Where", "Not"})
-CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})  # their bodies are lowered (frontend.onnx_control)
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # their bodies are lowered (frontend.onnx_control)
 HELD_TYPES = frozenset(ONNX_DTYPES) | frozenset(CARRIED_DTYPES)
 _COMPLEX = frozenset({14, 15})
 
@@ -68,10 +68,10 @@ def claim_reason(model) -> str | None:
         return f"cannot load: {exc}"
     g = model.graph
     for vi in list(g.input) + list(g.output):
-        if not vi.type.HasField("tensor_type"):
-            return f"{vi.name!r} is not a tensor"
-        if not _held(vi.type.tensor_type.elem_type):
-            return f"{vi.name!r} has element type {vi.type.tensor_type.elem_type}"
+        if not _claimed_type(vi.type):
+            return f"{vi.name!r} is not a tensor, sequence of tensors or optional memplan holds"
+        if not _held(_elem_type_of(vi.type)):
+            return f"{vi.name!r} has element type {_elem_type_of(vi.type)}"
     for init in g.initializer:
         if not _held(init.data_type):
             return f"initializer {init.name!r} has element type {init.data_type}"
@@ -110,9 +110,8 @@ def _nodes_reason(nodes, types, ranks, opset) -> str | None:
             if a.type == onnx.AttributeProto.GRAPH:
                 for vi in list(a.g.input) + list(a.g.output):
                     kind = vi.type.WhichOneof("value")
-                    if kind not in (None, "tensor_type") or (
-                            kind == "tensor_type" and vi.type.tensor_type.elem_type
-                            and not _held(vi.type.tensor_type.elem_type)):
+                    if (kind is not None and not _claimed_type(vi.type)) or (
+                            kind is not None and _elem_type_of(vi.type) and not _held(_elem_type_of(vi.type))):
                         return f"{node.op_type} body value {vi.name!r} is not a tensor memplan holds"
                 body_types = dict(types)
                 body_types.update({vi.name: vi.type.tensor_type.elem_type for vi in a.g.input
@@ -175,6 +174,46 @@ def _opset(model) -> int:
     return 1
 
 
+def _claimed_type(type_proto) -> bool:
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        return True
+    if kind == "sequence_type":
+        return type_proto.sequence_type.elem_type.WhichOneof("value") == "tensor_type"
+    if kind == "optional_type":
+        return _claimed_type(type_proto.optional_type.elem_type)
+    return False
+
+
+def _elem_type_of(type_proto) -> int:
+    """The element type of a tensor, sequence-of-tensor or optional type (0 if none)."""
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        return type_proto.tensor_type.elem_type
+    if kind == "sequence_type":
+        return _elem_type_of(type_proto.sequence_type.elem_type)
+    if kind == "optional_type":
+        return _elem_type_of(type_proto.optional_type.elem_type)
+    return 0
+
+
+def _to_tensors(v):
+    """An input as memplan takes it: a tensor, a list of tensors (a sequence) or None (an empty optional)."""
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_to_tensors(x) for x in v]
+    return array_to_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
+
+
+def _signature(v):
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return tuple(_signature(x) for x in v)
+    return (str(v.dtype), tuple(v.shape))
+
+
 class MemplanRep(BackendRep):
     """A compiled model; ``run(inputs)`` takes inputs in graph-input order (or a dict by name)."""
 
@@ -184,7 +223,7 @@ class MemplanRep(BackendRep):
         self.bound: set[str] = set()
         self.compiled: dict[Any, Any] = {}
         self.device = device
-        self.output_types = [vi.type.tensor_type.elem_type for vi in model.graph.output]
+        self.output_types = [_elem_type_of(vi.type) for vi in model.graph.output]
 
     def _compile(self, tensors: dict[str, torch.Tensor], *, values_known: bool = True):
         """The compiled module for these inputs (compiled on first use) and the free inputs.
@@ -193,13 +232,15 @@ class MemplanRep(BackendRep):
         recorded as bound and compilation waits for its real value."""
         while True:
             free = {k: v for k, v in tensors.items() if k not in self.bound}
-            key = (tuple((k, str(v.dtype), tuple(v.shape)) for k, v in free.items()),
+            key = (tuple((k, _signature(v)) for k, v in free.items()),
                    tuple((k, tuple(tensors[k].shape), tensor_to_array(tensors[k]).tobytes()) for k in sorted(self.bound)))
             if key in self.compiled:
                 return self.compiled[key], free
             try:
                 graph = from_onnx(self.model, free, bind_inputs={k: tensors[k] for k in self.bound})
+                structure = graph.onnx_outputs
                 cm = memplan.compile(graph)
+                cm.onnx_outputs = structure
             except NeedsConstantError as exc:
                 if exc.input_name and exc.input_name not in self.bound:
                     self.bound.add(exc.input_name)
@@ -220,12 +261,27 @@ class MemplanRep(BackendRep):
                 raise InputMismatchError(f"the model takes {len(self.input_names)} inputs "
                                          f"({', '.join(self.input_names)}), got {len(inputs)}")
             named = dict(zip(self.input_names, inputs))
-        tensors = {k: array_to_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
-                   for k, v in named.items()}
+        tensors = {k: _to_tensors(v) for k, v in named.items()}
         cm, free = self._compile(tensors)
-        out = cm(*free.values())  # graph inputs follow the ONNX input order
+        flat = []
+        for v in free.values():  # graph inputs follow the ONNX input order; a sequence's elements in turn
+            if isinstance(v, list):
+                flat.extend(v)
+            elif v is not None:
+                flat.append(v)
+        out = cm(*flat)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        return [tensor_to_array(o, t) for o, t in zip(outs, self.output_types)]
+        results, i = [], 0
+        for shape, t in zip(cm.onnx_outputs, self.output_types):
+            if shape == "empty":
+                results.append(None)
+            elif shape is None:
+                results.append(tensor_to_array(outs[i], t))
+                i += 1
+            else:
+                results.append([tensor_to_array(o, t) for o in outs[i:i + shape]])
+                i += shape
+        return results
 
 
 class MemplanBackend(Backend):
@@ -250,6 +306,8 @@ class MemplanBackend(Backend):
         for vi in model.graph.input:
             if vi.name in inits:
                 continue
+            if not vi.type.HasField("tensor_type"):
+                return rep  # a sequence or optional: its length or presence comes with the first run
             tt = vi.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
             if not tt.HasField("shape") or any(d is None for d in dims):
