@@ -966,5 +966,6 @@ import memplan.frontend.onnx_quant  # noqa: E402,F401
 import memplan.frontend.onnx_loops  # noqa: E402,F401
 import memplan.frontend.onnx_control  # noqa: E402,F401
 import memplan.frontend.onnx_sequences  # noqa: E402,F401
+import memplan.frontend.onnx_signal  # noqa: E402,F401
 
 __all__ = ["ONNX_OPS", "OnnxOp", "onnx_op", "lower_node", "supported_onnx_ops", "UnsupportedOpError"]
