@@ -632,19 +632,100 @@ def claim_grid_sample(attrs, types, opset, ranks):
     if attrs.get("mode", "linear" if opset >= 20 else "bilinear") not in ("bilinear", "linear", "nearest",
                                                                           "bicubic", "cubic"):
         return "mode"
-    if ranks and ranks[0] is not None and ranks[0] != 4:
-        return "volumetric (5-d) sampling"
+    if ranks and ranks[0] is not None and ranks[0] not in (4, 5):
+        return f"rank-{ranks[0]} sampling"
+    if ranks and ranks[0] == 5 and attrs.get("mode") in ("bicubic", "cubic"):
+        return "volumetric cubic sampling"
     return None
 
 
 @onnx_op("GridSample", claim=claim_grid_sample)
 def lower_grid_sample(b, x, grid):
-    if rank_of(x) != 4:
-        raise b.fail("only 4-d (2-d spatial) grid sampling is supported")
+    if rank_of(x) not in (4, 5):
+        raise b.fail("only 4-d and 5-d (2-d and 3-d spatial) grid sampling is supported")
     mode = b.attr("mode", "linear" if b.opset >= 20 else "bilinear")
     modes = {"bilinear": 0, "linear": 0, "nearest": 1, "bicubic": 2, "cubic": 2}
     pads = {"zeros": 0, "border": 1, "reflection": 2}
     pm = b.attr("padding_mode", "zeros")
     if mode not in modes or pm not in pads:
         raise b.fail(f"mode={mode!r}, padding_mode={pm!r} is not supported")
-    return b.call("aten.grid_sampler_2d.default", x, grid, modes[mode], pads[pm], bool(b.attr("align_corners", 0)))
+    if rank_of(x) == 5 and modes[mode] == 2:
+        raise b.fail("cubic sampling of a volume (aten has none)")
+    op = "aten.grid_sampler_2d.default" if rank_of(x) == 4 else "aten.grid_sampler_3d.default"
+    return b.call(op, x, grid, modes[mode], pads[pm], bool(b.attr("align_corners", 0)))
+
+
+@onnx_op("Col2Im")
+def lower_col2im(b, x, image_shape, block_shape):
+    image = b.ints(image_shape, "image_shape")
+    block = b.ints(block_shape, "block_shape")
+    n = len(image)
+    if len(block) != n or n < 1:
+        raise b.fail(f"image_shape {image} and block_shape {block} differ in length")
+    dilations = list(b.attr("dilations", [1] * n))
+    strides = list(b.attr("strides", [1] * n))
+    pads = list(b.attr("pads", [0] * 2 * n))
+    if len(pads) != 2 * n or len(dilations) != n or len(strides) != n:
+        raise b.fail(f"pads {pads}, dilations {dilations}, strides {strides} do not fit a {n}-d image")
+    padded = [image[i] + pads[i] + pads[n + i] for i in range(n)]
+    if n == 2:  # aten pads symmetrically: fold onto the padded image, then cut the pads off
+        y = b.call("aten.col2im.default", x, padded, block, dilations, [0, 0], strides)
+    else:
+        y = _col2im_nd(b, x, padded, block, dilations, strides)
+    for i in range(n):
+        if pads[i] or pads[n + i]:
+            y = b.call("aten.slice.Tensor", y, 2 + i, pads[i], pads[i] + image[i])
+    return y
+
+
+def _col2im_nd(b, x, padded, block, dilations, strides):
+    """Col2Im of any rank: a grouped transposed convolution with one-hot kernels (each block position
+    of each channel adds its column entry to one image element), padded up to the image."""
+    n = len(padded)
+    k = math.prod(block)
+    batch, ck, cols = shape_of(x)
+    if ck % k:
+        raise b.fail(f"dim 1 of the input ({ck}) is not a multiple of the block's {k} elements")
+    c = ck // k
+    grid = [(padded[i] - dilations[i] * (block[i] - 1) - 1) // strides[i] + 1 for i in range(n)]
+    if math.prod(grid) != cols or any(g < 1 for g in grid):
+        raise b.fail(f"the input has {cols} columns; blocks of {block} over {padded} give {math.prod(grid)}")
+    x = b.reshape(x, [batch, ck] + grid)
+    w = torch.zeros([ck, 1] + list(block), dtype=dtype_of(x))
+    for ch in range(c):
+        for j in range(k):
+            w[(ch * k + j, 0) + tuple(int(v) for v in np.unravel_index(j, block))] = 1.0
+    y = b.call("aten.convolution.default", x, w, None, strides, [0] * n, dilations, True, [0] * n, c)
+    short = [padded[i] - shape_of(y)[2 + i] for i in range(n)]
+    if any(short):
+        pad = []
+        for i in reversed(range(n)):
+            pad += [0, short[i]]
+        y = b.call("aten.constant_pad_nd.default", y, pad, 0.0)
+    return y
+
+
+@onnx_op("Det")
+def lower_det(b, x):
+    return b.call("aten.linalg_det.default", x)
+
+
+@onnx_op("TensorScatter")
+def lower_tensor_scatter(b, past, update, write_indices=None):
+    r = rank_of(past)
+    axis = norm_axis(int(b.attr("axis", -2)), r)
+    mode = b.attr("mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise b.fail(f"mode {mode!r} is not linear or circular")
+    if axis == 0:
+        raise b.fail("axis 0 is the batch axis")
+    batch, seq, size = shape_of(update)[0], shape_of(update)[axis], shape_of(past)[axis]
+    if write_indices is None:
+        write_indices = torch.zeros(batch, dtype=torch.int64)
+    start = b.reshape(b.cast(write_indices, torch.int64), [batch] + [1] * (r - 1))
+    steps = torch.arange(seq, dtype=torch.int64).reshape([seq if d == axis else 1 for d in range(r)])
+    index = b.call("aten.add.Tensor", start, steps)
+    if mode == "circular":
+        index = b.call("aten.remainder.Scalar", index, size)
+    index = b.call("aten.expand.default", index, list(shape_of(update)))
+    return b.call("aten.scatter.src", past, axis, index, update)

@@ -55,7 +55,7 @@ upsample_nearest2d upsample_nearest1d upsample_nearest3d
 upsample_bilinear2d upsample_linear1d upsample_trilinear3d upsample_bicubic2d _upsample_nearest_exact2d
 pixel_shuffle pixel_unshuffle full_like zeros_like ones_like empty_like fill scalar_tensor full
 zeros ones arange scatter scatter_add scatter_reduce index_put slice_scatter select_scatter
-masked_scatter tile repeat_interleave grid_sampler_2d col2im im2col _unsafe_index
+masked_scatter tile repeat_interleave grid_sampler_2d grid_sampler_3d col2im im2col _unsafe_index
 empty empty_strided new_empty new_full new_zeros new_ones iota narrow_copy
 """.split()
 _VIEWS = """
@@ -77,7 +77,7 @@ _scaled_dot_product_attention_math _scaled_dot_product_efficient_attention
 max_pool2d_with_indices max_pool1d_with_indices max_pool3d_with_indices max_pool2d
 avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
 _adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool2d adaptive_max_pool1d
-einsum dot vdot mv outer _weight_norm_interface lstm gru
+einsum dot vdot mv outer _weight_norm_interface lstm gru linalg_det
 """.split()
 # what AOTAutograd's joint graphs add for training (memplan.backend): the backward of each op above,
 # losses, and the functional batch norm (it returns the updated running statistics)
