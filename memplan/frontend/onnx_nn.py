@@ -177,18 +177,16 @@ def lower_max_pool(b, x):
 
 
 def claim_avgpool(attrs, types, opset, ranks):
-    if any(d != 1 for d in attrs.get("dilations", [])):
-        return "dilated average pooling"
     return None
 
 
 @onnx_op("AveragePool", claim=claim_avgpool)
 def lower_avg_pool(b, x):
     n, kernel, strides, dilations, pads = _pool_geometry(b, x)
-    if any(d != 1 for d in dilations):
-        raise b.fail("dilations are not supported for AveragePool")
     ceil = bool(b.attr("ceil_mode", 0))
     include = bool(b.attr("count_include_pad", 0))
+    if any(d != 1 for d in dilations):
+        return _dilated_avg_pool(b, x, n, kernel, strides, dilations, pads, ceil, include)
     if n > 3:
         raise b.fail(f"{n}-d pooling is not supported")
     sym_ok = all(p0 == p1 and p0 * 2 <= k for (p0, p1), k in zip(pads, kernel))
@@ -202,6 +200,38 @@ def lower_avg_pool(b, x):
     count = torch.nn.functional.pad(ones, _torch_pad_list(pads))
     count = _avg_pool_const(count, n, kernel, strides, ceil)
     return b.call("aten.div.Tensor", total, count)
+
+
+def _dilated_avg_pool(b, x, n, kernel, strides, dilations, pads, ceil, include, *, sums: bool = False):
+    """Average pooling over dilated windows: window sums by a depthwise convolution with a kernel of
+    ones (aten's pooling has no dilation), divided by each window's count of elements (of the input,
+    or of the padded input with ``count_include_pad``), a constant computed at import."""
+    spatial = list(shape_of(x)[2:])
+    extra = []
+    for i in range(n):
+        span = dilations[i] * (kernel[i] - 1) + 1
+        padded = spatial[i] + pads[i][0] + pads[i][1]
+        num = padded - span
+        out = (-(-num // strides[i]) if ceil else num // strides[i]) + 1
+        if ceil and (out - 1) * strides[i] >= spatial[i] + pads[i][0]:
+            out -= 1  # no window starts in the right padding
+        extra.append(max(0, (out - 1) * strides[i] + span - padded))
+    full = [(p[0], p[1] + e) for p, e in zip(pads, extra)]
+    c = shape_of(x)[1]
+    xp = b.call("aten.constant_pad_nd.default", x, _torch_pad_list(full), 0.0)
+    ones = torch.ones([c, 1] + kernel, dtype=dtype_of(x))
+    total = b.call("aten.convolution.default", xp, ones, None, strides, [0] * n, dilations, False, [0] * n, c)
+    if sums:
+        return total
+    mask = torch.ones([1, 1] + spatial, dtype=torch.float64)
+    if include:
+        mask = torch.nn.functional.pad(mask, _torch_pad_list(pads), value=1.0)
+        mask = torch.nn.functional.pad(mask, _torch_pad_list([(0, e) for e in extra]))
+    else:
+        mask = torch.nn.functional.pad(mask, _torch_pad_list(full))
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[n]
+    count = conv(mask, torch.ones([1, 1] + kernel, dtype=torch.float64), stride=strides, dilation=dilations)
+    return b.call("aten.div.Tensor", total, count.to(dtype_of(x)))
 
 
 def _avg_pool_const(t, n, kernel, strides, ceil):
@@ -230,20 +260,15 @@ def lower_global_max_pool(b, x):
     return b.call("aten.amax.default", x, list(range(2, rank_of(x))), True)
 
 
-def claim_lppool(attrs, types, opset, ranks):
-    if any(d != 1 for d in attrs.get("dilations", [])):
-        return "dilated Lp pooling"
-    return None
-
-
-@onnx_op("LpPool", claim=claim_lppool)
+@onnx_op("LpPool")
 def lower_lp_pool(b, x):
     n, kernel, strides, dilations, pads = _pool_geometry(b, x)
-    if any(d != 1 for d in dilations):
-        raise b.fail("dilations are not supported for LpPool")
     p = float(b.attr("p", 2))
     ceil = bool(b.attr("ceil_mode", 0))
     powed = b.call("aten.pow.Tensor_Scalar", b.call("aten.abs.default", x), p)
+    if any(d != 1 for d in dilations):  # the window sums of |x|^p over dilated windows
+        total = _dilated_avg_pool(b, powed, n, kernel, strides, dilations, pads, ceil, True, sums=True)
+        return b.call("aten.pow.Tensor_Scalar", total, 1.0 / p)
     padded = b.call("aten.constant_pad_nd.default", powed, _torch_pad_list(pads), 0.0) \
         if any(p0 or p1 for p0, p1 in pads) else powed
     mean = _avg_pool(b, padded, n, kernel, strides, [0] * n, ceil, True)
