@@ -133,8 +133,6 @@ def _as_2d(b, x, n):
 
 
 def claim_maxpool(attrs, types, opset, ranks):
-    if types and types[0] in (2, 3):
-        return "int8/uint8 max pooling has no aten kernel"
     if attrs.get("storage_order", 0):
         return "storage_order=1 indices"
     return None
@@ -142,6 +140,11 @@ def claim_maxpool(attrs, types, opset, ranks):
 
 @onnx_op("MaxPool", claim=claim_maxpool)
 def lower_max_pool(b, x):
+    if dtype_of(x) in (torch.uint8, torch.int8):  # aten has no 8-bit max pooling: float32 holds them exactly
+        out = lower_max_pool(b, b.cast(x, torch.float32))
+        if isinstance(out, tuple):
+            return (b.cast(out[0], dtype_of(x)),) + tuple(out[1:])
+        return b.cast(out, dtype_of(x))
     n, kernel, strides, dilations, pads = _pool_geometry(b, x)
     ceil = bool(b.attr("ceil_mode", 0))
     want_indices = len(b.node.output) > 1 and bool(b.node.output[1])
