@@ -369,6 +369,7 @@ def from_onnx(model_or_path, example_inputs=None, *, bind_inputs: dict | None = 
     g = model.graph
     graph = Graph(_identifier(name or g.name or "onnx_model"))
     importer = Importer(graph, opset, {}, fold_limit=fold_limit)
+    importer.lower_node = lower_node
 
     initializers = {}
     for init in g.initializer:

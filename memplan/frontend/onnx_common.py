@@ -296,6 +296,9 @@ class Importer:
         self.graph = graph
         self.opset = opset
         self.fold_limit = fold_limit
+        # lower_node(importer, node): the op table's driver (memplan.frontend.onnx_ops), which bodies of
+        # control-flow and function ops call back into; set by whoever drives the import
+        self.lower_node: Callable | None = None
         self.onnx_types = onnx_types  # onnx value name -> (elem_type, dims or None)
         self.env: dict[str, Any] = {}  # onnx name -> Value | torch.Tensor (constant)
         self.const_params: dict[int, tuple[torch.Tensor, Value]] = {}

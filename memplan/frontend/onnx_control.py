@@ -27,7 +27,6 @@ from memplan.frontend.onnx_loops import Scope, build_loop
 def lower_subgraph(bb, graph, inputs: list) -> list:
     """Lower ONNX ``graph`` (a body) with node builder ``bb``'s importer, its inputs bound to
     ``inputs``; return its outputs (values or constants)."""
-    from memplan.frontend.onnx_ops import lower_node
     imp = bb.importer
     if len(inputs) != len(graph.input):
         raise bb.fail(f"its body takes {len(graph.input)} inputs, {len(inputs)} are given")
@@ -38,7 +37,7 @@ def lower_subgraph(bb, graph, inputs: list) -> list:
     for init in graph.initializer:
         imp.env[init.name] = tensor_from_proto(init, f"initializer {init.name!r} of a body")
     for node in graph.node:
-        lower_node(imp, node)
+        imp.lower_node(imp, node)
     missing = [o.name for o in graph.output if o.name not in imp.env]
     if missing:
         raise bb.fail(f"its body does not produce {missing[0]!r}")

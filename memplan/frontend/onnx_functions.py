@@ -94,7 +94,6 @@ def instantiate(function, node) -> list:
 def lower_function_op(importer, node, inputs: list) -> list:
     """Lower ``node`` through its schema's function body; its outputs (values or constants)."""
     from memplan.frontend.onnx_loops import Scope
-    from memplan.frontend.onnx_ops import lower_node
     elem_types = [importer.elem_types.get(n) if n else None for n in node.input]
     found = function_body(node, importer.opset, inputs, elem_types)
     if found is None:
@@ -118,7 +117,7 @@ def lower_function_op(importer, node, inputs: list) -> list:
                 raise UnsupportedOpError(f"ONNX op {node.op_type} (node {node.name!r}) is defined by a function "
                                          f"that uses {inner.op_type}, which memplan does not lower",
                                          op=f"onnx::{node.op_type}", node=node.name)
-            lower_node(importer, inner)
+            importer.lower_node(importer, inner)
         results = []
         for name in function.output:
             results.append(scope[name] if name in dict.keys(scope) else None)

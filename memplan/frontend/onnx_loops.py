@@ -59,6 +59,7 @@ def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: lis
     makes become inputs of the loop (a body holds no weights)."""
     body = Graph(f"{b._hint}_{what}")
     sub = Importer(body, b.importer.opset, {}, fold_limit=b.importer.fold_limit)
+    sub.lower_node = b.importer.lower_node
     outer = [b.importer.materialize(a) if is_const(a) else a for a in args]
     tiles = []
     for i, (a, s) in enumerate(zip(outer, slicings)):
