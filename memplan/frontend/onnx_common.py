@@ -113,7 +113,7 @@ def array_to_tensor(array, dtype: torch.dtype | None = None) -> torch.Tensor:
     elif name in _ML_CARRIED:
         t = torch.from_numpy(np.array(array, order="C").astype(np.int8 if name.startswith("int") else np.uint8))
     elif name == "float4_e2m1fn":
-        t = torch.from_numpy(np.array(array, order="C").view(np.uint8) & 0x0F)
+        t = torch.from_numpy(np.asarray(np.array(array, order="C").view(np.uint8) & 0x0F))
     elif array.dtype == object or array.dtype.kind in "SU":
         raise UnsupportedOpError("string tensors are not supported by memplan")
     else:

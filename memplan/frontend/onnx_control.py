@@ -70,7 +70,18 @@ def claim_scan(attrs, types, opset, ranks):
 
 
 def claim_loop(attrs, types, opset, ranks):
-    return "no trip count" if not types or types[0] is None else None
+    if not types or types[0] is None:
+        return "no trip count"
+    body = attrs.get("body")
+    if body is not None and hasattr(body, "g"):
+        g = body.g
+        cond_in, cond_out = g.input[1].name if len(g.input) > 1 else None, g.output[0].name if g.output else None
+        made = {o: n for n in g.node for o in n.output}
+        node = made.get(cond_out)
+        if cond_out != cond_in and not (node is not None and (node.op_type == "Constant" or (
+                node.op_type == "Identity" and node.input[0] == cond_in))):
+            return "the body computes the loop condition (a data-dependent trip count)"
+    return None
 
 
 @onnx_op("Scan", claim=claim_scan)
@@ -132,7 +143,9 @@ def lower_loop(b, trip_count=None, cond=None, *initial):
     n = len(initial)
     k = len(graph.output) - 1 - n
     if trips < 1:
-        raise b.fail("a Loop that runs zero times is not supported (its scan outputs would be empty)")
+        if k == 0:
+            return tuple(initial)  # the loop-carried values as they came in
+        raise b.fail("a Loop that runs zero times with scan outputs (empty tensors) is not supported")
     if trips > 1 << 20:
         raise b.fail(f"trip count {trips} is more than memplan plans (2**20)")
     true = torch.tensor(True)
@@ -156,8 +169,14 @@ def lower_loop(b, trip_count=None, cond=None, *initial):
     return tuple(outs)
 
 
+MAX_UNROLLED_NODES = 20000  # trips x body nodes an unrolled Loop may make
+
+
 def _unrolled_loop(b, graph, trips: int, state: list, n: int):
     """The Loop unrolled, trip by trip, its iteration number a constant in each copy of the body."""
+    if trips * max(len(graph.node), 1) > MAX_UNROLLED_NODES:
+        raise b.fail(f"its body needs the iteration number as a constant, so it would be unrolled: {trips} trips of "
+                     f"{len(graph.node)} nodes is more than memplan unrolls ({MAX_UNROLLED_NODES} nodes)")
     scans: list[list] = []
     for t in range(trips):
         saved = b.importer.env

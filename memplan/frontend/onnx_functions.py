@@ -10,6 +10,8 @@ their own, so the body's internal names never meet the graph's.
 """
 from __future__ import annotations
 
+from collections import ChainMap
+
 import onnx
 from onnx import defs, helper
 
@@ -99,7 +101,7 @@ def lower_function_op(importer, node, inputs: list) -> list:
     if found is None:
         return None
     function, full = found
-    saved = importer.env
+    saved, saved_types, saved_elems = importer.env, importer.onnx_types, importer.elem_types
     scope = Scope(saved, lambda name, value: value)
     absent = set()
     for name, x in zip(function.input, list(inputs) + [None] * (len(function.input) - len(inputs))):
@@ -108,6 +110,8 @@ def lower_function_op(importer, node, inputs: list) -> list:
         else:
             absent.add(name)  # an optional input the node leaves out: absent inside the body too
     importer.env = scope
+    importer.onnx_types = {}  # the body's names are its own: the graph's inferred types do not describe them
+    importer.elem_types = ChainMap({n: t for n, t in zip(function.input, elem_types) if t}, {})
     try:
         for inner in instantiate(function, full):
             inner.input[:] = ["" if n in absent else n for n in inner.input]
@@ -123,7 +127,7 @@ def lower_function_op(importer, node, inputs: list) -> list:
             results.append(scope[name] if name in dict.keys(scope) else None)
         return results
     finally:
-        importer.env = saved
+        importer.env, importer.onnx_types, importer.elem_types = saved, saved_types, saved_elems
 
 
 __all__ = ["function_body", "has_function", "instantiate", "lower_function_op"]

@@ -83,8 +83,8 @@ def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: lis
     inputs = {v.name for v in body.inputs}
     fresh = []
     for r in results:
-        if is_const(r):
-            r = sub.materialize(r)
+        if is_const(r):  # a constant the body returns: computed by the body (its weight becomes an input)
+            r = bb.call("aten.clone.default", sub.materialize(r))
         if r.name in inputs or r.name in {f.name for f in fresh}:
             r = bb.call("aten.clone.default", r)  # a body output is a value of its own
         fresh.append(r)
@@ -183,8 +183,11 @@ def _rnn(b, x, w, r, bias, seq_lens, init_states: list, *, gates: int, defaults:
         raise b.fail(f"direction {direction!r} is not forward, reverse or bidirectional")
     num_dir = 2 if direction == "bidirectional" else 1
     layout = int(b.attr("layout", 0))
-    if layout == 1:
+    if layout not in (0, 1):
+        raise b.fail(f"layout {layout} is not 0 (sequence first) or 1 (batch first)")
+    if layout == 1:  # batch first: X [batch, seq, input], initial states [batch, directions, hidden]
         x = b.call("aten.permute.default", x, [1, 0, 2])
+        init_states = [None if s is None else b.call("aten.permute.default", s, [1, 0, 2]) for s in init_states]
     if rank_of(x) != 3:
         raise b.fail(f"X has rank {rank_of(x)}; it is [seq, batch, input]")
     seq, batch, _ = shape_of(x)
@@ -314,18 +317,26 @@ def _rnn_step(bb, xw, rt, rbt, states, hidden, acts, clip):
     return [_apply(bb, f, _clip(bb, bb.call("aten.add.Tensor", xw, _recurrent(bb, states[0], rt, rbt)), clip))]
 
 
-@onnx_op("LSTM")
+def claim_rnn(attrs, types, opset, ranks):
+    if len(types) > 4 and types[4] is not None and attrs.get("direction", "forward") != "forward":
+        return "sequence_lens with a reverse direction"
+    if attrs.get("layout", 0) not in (0, 1):
+        return "layout"
+    return None
+
+
+@onnx_op("LSTM", claim=claim_rnn)
 def lower_lstm(b, x, w, r, bias=None, seq_lens=None, initial_h=None, initial_c=None, peepholes=None):
     return _rnn(b, x, w, r, bias, seq_lens, [initial_h, initial_c], gates=4, defaults=["Sigmoid", "Tanh", "Tanh"],
                 step=_lstm_step, extra=peepholes)
 
 
-@onnx_op("GRU")
+@onnx_op("GRU", claim=claim_rnn)
 def lower_gru(b, x, w, r, bias=None, seq_lens=None, initial_h=None):
     return _rnn(b, x, w, r, bias, seq_lens, [initial_h], gates=3, defaults=["Sigmoid", "Tanh"], step=_gru_step)
 
 
-@onnx_op("RNN")
+@onnx_op("RNN", claim=claim_rnn)
 def lower_rnn(b, x, w, r, bias=None, seq_lens=None, initial_h=None):
     return _rnn(b, x, w, r, bias, seq_lens, [initial_h], gates=1, defaults=["Tanh"], step=_rnn_step)
 

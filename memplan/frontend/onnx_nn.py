@@ -757,3 +757,12 @@ def lower_tensor_scatter(b, past, update, write_indices=None):
         index = b.call("aten.remainder.Scalar", index, size)
     index = b.call("aten.expand.default", index, list(shape_of(update)))
     return b.call("aten.scatter.src", past, axis, index, update)
+
+
+@onnx_op("AffineGrid")
+def lower_affine_grid(b, theta, size):
+    dims = b.ints(size, "size")
+    if len(dims) not in (4, 5) or rank_of(theta) != 3 or shape_of(theta)[1:] != ((2, 3) if len(dims) == 4 else (3, 4)):
+        raise b.fail(f"theta {list(shape_of(theta))} and size {dims} are not a 2-d ([N, 2, 3], [N, C, H, W]) or 3-d "
+                     "([N, 3, 4], [N, C, D, H, W]) affine grid")
+    return b.call("aten.affine_grid_generator.default", theta, dims, bool(b.attr("align_corners", 0)))

@@ -85,9 +85,11 @@ def lower_quantize_linear(b, x, scale, zero_point=None):
     q = b.call("aten.div.Tensor", x, s)
     if to in _INT_RANGES:
         lo, hi = _INT_RANGES[to]
-        r = b.cast(b.call("aten.round.default", q), torch.int32)  # as the reference: np.rint(x).astype(int32)
+        # round half to even, add the zero point, saturate: in float64 (exact for every int16 zero point), so a
+        # value past the int32 range saturates as the spec says rather than wrapping
+        r = b.call("aten.round.default", b.cast(q, torch.float64))
         if zero_point is not None:
-            r = b.call("aten.add.Tensor", r, b.cast(_param(b, zero_point, shape_of(x), axis, block), torch.int32))
+            r = b.call("aten.add.Tensor", r, b.cast(_param(b, zero_point, shape_of(x), axis, block), torch.float64))
         return b.cast(b.call("aten.clamp.default", r, lo, hi), torch_dtype_of(to, "QuantizeLinear output"))
     if to == FLOAT4E2M1:
         if zero_point is not None:
@@ -197,6 +199,11 @@ def _int_conv(b, X, W, bias=None):
     if any(p[0] != p[1] for p in pads):  # X less its zero point: a padded 0 is the zero point, as the spec says
         X = b.call("aten.constant_pad_nd.default", X, _torch_pad_list(pads), 0)
         sym = [0] * n
+    if any(d != 1 for d in dilations):  # aten has no dilated int32 convolution: float64 sums these exactly
+        y = b.call("aten.convolution.default", b.cast(X, torch.float64), b.cast(W, torch.float64),
+                   None if bias is None else b.cast(bias, torch.float64), strides, sym, dilations, False, [0] * n,
+                   int(b.attr("group", 1)))
+        return b.cast(y, torch.int32)
     return b.call("aten.convolution.default", X, W, bias, strides, sym, dilations, False, [0] * n,
                   int(b.attr("group", 1)))
 

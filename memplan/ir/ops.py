@@ -55,7 +55,7 @@ upsample_nearest2d upsample_nearest1d upsample_nearest3d
 upsample_bilinear2d upsample_linear1d upsample_trilinear3d upsample_bicubic2d _upsample_nearest_exact2d
 pixel_shuffle pixel_unshuffle full_like zeros_like ones_like empty_like fill scalar_tensor full
 zeros ones arange scatter scatter_add scatter_reduce index_put slice_scatter select_scatter
-masked_scatter tile repeat_interleave grid_sampler_2d grid_sampler_3d col2im im2col _unsafe_index
+masked_scatter tile repeat_interleave grid_sampler_2d grid_sampler_3d affine_grid_generator col2im im2col _unsafe_index
 empty empty_strided new_empty new_full new_zeros new_ones iota narrow_copy
 """.split()
 _VIEWS = """
