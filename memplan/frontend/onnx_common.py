@@ -393,7 +393,7 @@ class NodeBuilder:
     def call(self, op: str, *args, **kwargs):
         """Apply aten/memplan op ``op``: folded now if every tensor argument is a constant,
         else appended to the graph. Returns a Value/tensor, or a tuple for multi-output ops."""
-        if op in unsigned.OPS and unsigned.unsigned_dtype(args) is not None:
+        if unsigned.needs_care(op, args):
             return unsigned.call(self, op, args, kwargs)  # aten lacks uint16/32/64 arithmetic
         opdef = lookup(op, node=self.name, source=self.name)
         fold = False

@@ -41,9 +41,30 @@ def unsigned_dtype(args) -> torch.dtype | None:
     return None
 
 
+# ops whose aten kernels take unsigned tensors (copies, casts, selects, fills)
+NATIVE = frozenset({"aten._to_copy.default", "aten.clone.default", "aten.where.self", "aten.constant_pad_nd.default",
+                    "aten.expand.default", "aten.cat.default", "aten.stack.default", "aten.view.dtype",
+                    "aten.full.default", "aten.eq.Scalar", "aten.ne.Scalar", "aten.sort.stable", "aten.sort.default"})
+
+
+def needs_care(op: str, args) -> bool:
+    """Does ``op`` on these arguments need computing other than by its own aten kernel?"""
+    from memplan.ir.ops import lookup
+    if unsigned_dtype(args) is None or op in NATIVE:
+        return False
+    if op in OPS:
+        return True
+    try:
+        return not lookup(op).view
+    except Exception:  # noqa: BLE001  (an unknown op: the registry's own error follows)
+        return False
+
+
 def call(b, op: str, args, kwargs):
     """``op`` on arguments of which at least one is a uint16/32/64 tensor."""
     dt = unsigned_dtype(args)
+    if op not in OPS:
+        return _moved(b, op, dt, args, kwargs)
     if op == "aten.pow.Tensor_Tensor":  # integer powers wrap like repeated multiplication: the same bits
         base = _dtype(args[0])
         wide = [(b.call("aten.view.dtype", a, torch.int64) if _dtype(a) == torch.uint64 else b.cast(a, torch.int64))
@@ -76,6 +97,22 @@ def call(b, op: str, args, kwargs):
         return _back(b, _logical_right_shift(b, s[0], s[1]))
     q, r = _divmod(b, s[0], s[1])
     return _back(b, q if op in ("aten.div.Tensor_mode", "aten.floor_divide.default") else r)
+
+
+def _moved(b, op: str, dt, args, kwargs):
+    """A data-movement op (gather, flip, index_select, ...) on the values as int64 (uint16/32 widened,
+    uint64 reinterpreted: the bits move unchanged) and back; any other op is refused."""
+    from memplan.ir.opdef import OpKind
+    from memplan.ir.ops import lookup
+    if lookup(op).kind != OpKind.INJECTIVE:
+        raise b.fail(f"{op} on {str(dt).replace('torch.', '')} tensors: aten has no kernel for it")
+    wide = [(b.call("aten.view.dtype", a, torch.int64) if dt == torch.uint64 else b.cast(a, torch.int64))
+            if _is_tensor(a) and _dtype(a) == dt else a for a in args]
+    out = b.call(op, *wide, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    back = [(b.call("aten.view.dtype", o, dt) if dt == torch.uint64 else b.cast(o, dt))
+            if _dtype(o) == torch.int64 else o for o in outs]
+    return tuple(back) if isinstance(out, tuple) else back[0]
 
 
 def _is_tensor(a) -> bool:
