@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from memplan.frontend.onnx_common import (NeedsConstantError, is_const, is_tensor_like, norm_axis, onnx_op, rank_of, shape_of,
+from memplan.frontend.onnx_common import (NeedsConstantError, dtype_of, is_const, is_tensor_like, norm_axis, onnx_op, rank_of, shape_of,
                                           tensor_from_proto)
 from memplan.frontend.onnx_loops import Scope, build_loop
 
@@ -95,6 +95,12 @@ def lower_scan(b, *inputs):
     k = len(graph.output) - n
     if m < 1 or k < 0:
         raise b.fail(f"num_scan_inputs {m} does not fit {len(inputs)} inputs and {len(graph.output)} body outputs")
+    lists = {"scan_input_axes": m, "scan_input_directions": m, "scan_output_axes": k, "scan_output_directions": k}
+    for name, want in lists.items():
+        given = b.attr(name)
+        if given is not None and len(given) != want:
+            raise b.fail(f"{name} lists {len(given)} values; the node has {want} scan "
+                         f"{'inputs' if 'input' in name else 'outputs'}")
     in_axes = [norm_axis(a, rank_of(x)) for a, x in zip(b.attr("scan_input_axes", [0] * m), scans)]
     in_dirs = list(b.attr("scan_input_directions", [0] * m))
     out_axes_raw = list(b.attr("scan_output_axes", [0] * k))
@@ -137,6 +143,8 @@ def lower_loop(b, trip_count=None, cond=None, *initial):
     if trip_count is None:
         raise b.fail("a Loop without a trip count runs until a condition it computes turns false: its trip count "
                      "depends on the data")
+    if is_tensor_like(trip_count) and dtype_of(trip_count) != torch.int64:
+        raise b.fail(f"the trip count is {dtype_of(trip_count)}; ONNX's is int64")
     trips = int(b.scalar(trip_count, "trip count"))
     if cond is not None and not bool(b.scalar(cond, "condition")):
         trips = 0

@@ -196,6 +196,8 @@ def _rnn(b, x, w, r, bias, seq_lens, init_states: list, *, gates: int, defaults:
                      f"{gates} gates and hidden_size {hidden}")
     dt = dtype_of(x)
     clip = b.attr("clip", None)
+    if clip is not None and not clip > 0:
+        raise b.fail(f"clip {clip} must be positive")
     acts = _activations(b, defaults, num_dir)
     mask = None
     if seq_lens is not None:

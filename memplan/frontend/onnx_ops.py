@@ -42,6 +42,7 @@ def lower_node(importer, node) -> None:
         raise UnsupportedOpError(f"ONNX op {node.domain}::{node.op_type} ({where}) is not supported: memplan "
                                  f"lowers the default ONNX domain only ({len(ops)} ops)",
                                  op=f"{node.domain}::{node.op_type}", node=node.name)
+    _check_attribute_types(node, importer.opset, where)
     op = ONNX_OPS.get(node.op_type)
     if op is None:
         from memplan.frontend.onnx_functions import has_function, lower_function_op
@@ -95,6 +96,26 @@ def lower_node(importer, node) -> None:
             importer.keep_alive.append(results[i])
     _rename_outputs(b, node, results)
     check_node_types(importer, node, results)
+
+
+def _check_attribute_types(node, opset: int, where: str) -> None:
+    """Every attribute the ONNX schema declares has the declared type (``layout="1"``, a float
+    ``hidden_size``: the file is wrong, as onnx.checker says)."""
+    import onnx
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+    except onnx.defs.SchemaError:
+        return
+    for a in node.attribute:
+        declared = schema.attributes.get(a.name)
+        if declared is None or a.ref_attr_name:
+            continue
+        want = int(declared.type)
+        if want != int(a.type) and want != int(onnx.AttributeProto.UNDEFINED):
+            got = onnx.AttributeProto.AttributeType.Name(a.type)
+            raise UnsupportedOpError(
+                f"ONNX op {node.op_type} ({where}): attribute {a.name!r} is {got}, the op's schema declares "
+                f"{onnx.AttributeProto.AttributeType.Name(want)}", op=f"onnx::{node.op_type}", node=node.name)
 
 
 def _lower_through_function(importer, node) -> None:
