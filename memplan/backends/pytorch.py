@@ -24,7 +24,7 @@ import torch
 from memplan.backends.bindings import fast_binding
 from memplan.ir.graph import OWN, SLOT, Graph, Value, iter_leaves
 from memplan.backends.pytorch_kernels import out_variant
-from memplan.ir.ops import lookup
+from memplan.ir.ops import _CUSTOM, lookup
 from memplan.ir.types import DTYPES
 from memplan.ir.printer import format_arguments
 from memplan.ir.regions import GROUP, LOOP, REGION_OPS, loop_spec
@@ -114,6 +114,10 @@ def emit_python(graph: Graph, plan: Plan | None = None, check=None) -> str:
     functions: list[list[str]] = []
     names = _Names()
     main_fn = _function(graph, "run_boxed", functions, weights=True, names=names, boxed=True)
+    body = [line for fn in functions + [main_fn] for line in fn]
+    helpers = [h for h in ("fresh", "memplan_ops") if any(f"{h}(" in line or f"{h}." in line for line in body)]
+    if helpers:  # the emitted module runs on its own too (load_python provides the same objects)
+        lines[-3:-3] = [f"from memplan.backends.pytorch import {', '.join(helpers)}  # noqa: F401", ""]
     for fn in functions:
         lines += fn + ["", ""]
     params = [names(v) for v in graph.inputs]
@@ -431,6 +435,9 @@ class _CustomOps:
 
     def __getattr__(self, name):
         return self._table["memplan." + name].impl
+
+
+memplan_ops = _CustomOps(_CUSTOM)  # what emitted code calls memplan.* ops through
 
 
 class PyTorchBackend:
