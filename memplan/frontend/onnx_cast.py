@@ -24,7 +24,8 @@ import torch
 from memplan.frontend.onnx_common import (CARRIED_DTYPES, FLOAT4E2M1, FLOAT8_TYPES, INT_RANGES, ONNX_DTYPES,
                                           dtype_of, onnx_elem_type, onnx_op, onnx_type_name, torch_dtype_of)
 
-FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+FLOATS_ELEM = frozenset({1, 10, 11, 16})  # float, float16, double, bfloat16
+FLOAT8_DTYPES = frozenset(ONNX_DTYPES[t] for t in FLOAT8_TYPES)
 _F8_E4M3FN_OVERFLOW = 464.0  # above this, rounding to E4M3FN passes its largest value 448 (ties go to 448)
 
 
@@ -34,10 +35,6 @@ def elem_type_of(b, i: int, x) -> int:
     if t:
         return t
     return onnx_elem_type(dtype_of(x))
-
-
-def _is_float_elem(t: int) -> bool:
-    return t in (1, 10, 11, 16, FLOAT4E2M1) or t in FLOAT8_TYPES
 
 
 def convert(b, x, src: int, to: int, *, saturate: bool = True, round_mode: str = "up"):
@@ -56,9 +53,7 @@ def convert(b, x, src: int, to: int, *, saturate: bool = True, round_mode: str =
         return _to_e8m0(b, x, saturate, round_mode)
     dtype = torch_dtype_of(to, "Cast target")
     if to in FLOAT8_TYPES:
-        if not dtype_of(x).is_floating_point or dtype_of(x) in (torch.float8_e4m3fn, torch.float8_e4m3fnuz,
-                                                                torch.float8_e5m2, torch.float8_e5m2fnuz,
-                                                                torch.float8_e8m0fnu):
+        if not dtype_of(x).is_floating_point or dtype_of(x) in FLOAT8_DTYPES:
             x = b.cast(x, torch.float32)
         if saturate:
             big = float(torch.finfo(dtype).max)
@@ -70,13 +65,10 @@ def convert(b, x, src: int, to: int, *, saturate: bool = True, round_mode: str =
     return b.cast(x, dtype)
 
 
-FLOATS_ELEM = frozenset({1, 10, 11, 16})  # float, float16, double, bfloat16
-
-
 def _to_small_int(b, x, src: int, to: int):
     lo, hi = INT_RANGES[to]
     carrier = CARRIED_DTYPES[to]
-    if _is_float_elem(src) or dtype_of(x).is_floating_point:
+    if dtype_of(x).is_floating_point:  # (8-bit and 4-bit floats arrive as float32)
         t = b.call("aten.trunc.default", x)
         inside = b.call("aten.logical_and.default", b.call("aten.ge.Scalar", t, lo), b.call("aten.le.Scalar", t, hi))
         t = b.call("aten.where.self", inside, t, torch.tensor(0.0, dtype=dtype_of(t)))

@@ -130,13 +130,11 @@ def tensor_to_array(t: torch.Tensor, elem_type: int | None = None) -> np.ndarray
         if elem_type == FLOAT4E2M1:
             return t.to(torch.uint8).numpy().view(_ml_dtype(elem_type)).copy()
         return t.numpy().astype(_ml_dtype(elem_type))
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-    for name, dt in _ML_TORCH.items():
+    for name, dt in _ML_TORCH.items():  # bfloat16 and the 8-bit floats: numpy holds them as ml_dtypes
         if t.dtype == dt:
             import ml_dtypes
-            return t.view(torch.uint8).numpy().view(getattr(ml_dtypes, name)).copy()
+            bits = torch.int16 if dt == torch.bfloat16 else torch.uint8
+            return t.view(bits).numpy().view(getattr(ml_dtypes, name)).copy()
     return t.numpy().copy()
 
 

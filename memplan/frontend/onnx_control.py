@@ -21,7 +21,7 @@ import torch
 
 from memplan.frontend.onnx_common import (NeedsConstantError, dtype_of, is_const, is_tensor_like, norm_axis, onnx_op, rank_of, shape_of,
                                           tensor_from_proto)
-from memplan.frontend.onnx_loops import Scope, build_loop
+from memplan.frontend.onnx_loops import build_loop, inner_scope
 
 
 def lower_subgraph(bb, graph, inputs: list) -> list:
@@ -187,12 +187,8 @@ def _unrolled_loop(b, graph, trips: int, state: list, n: int):
                      f"{len(graph.node)} nodes is more than memplan unrolls ({MAX_UNROLLED_NODES} nodes)")
     scans: list[list] = []
     for t in range(trips):
-        saved = b.importer.env
-        b.importer.env = Scope(saved, lambda name, value: value)
-        try:
+        with inner_scope(b.importer):
             outs = lower_subgraph(b, graph, [torch.tensor(t, dtype=torch.int64), torch.tensor(True)] + state)
-        finally:
-            b.importer.env = saved
         if not is_const(outs[0]) or not bool(outs[0].reshape(-1)[0]):
             raise b.fail("its body computes the loop condition from the data: the trip count depends on the data")
         state = list(outs[1:1 + n])
@@ -205,12 +201,8 @@ def _unrolled_loop(b, graph, trips: int, state: list, n: int):
 def lower_if(b, cond):
     taken = "then_branch" if bool(b.scalar(cond, "condition")) else "else_branch"
     graph = _body(b, taken)
-    saved = b.importer.env
-    b.importer.env = Scope(saved, lambda name, value: value)  # the branch's names stay inside it
-    try:
+    with inner_scope(b.importer):  # the branch's names stay inside it
         outs = lower_subgraph(b, graph, [])
-    finally:
-        b.importer.env = saved
     return tuple(outs)
 
 

@@ -46,8 +46,11 @@ def _type_proto(x, elem_type: int | None):
     return helper.make_tensor_type_proto(elem, list(shape_of(x)))
 
 
-def function_body(node, opset: int, inputs: list, elem_types: list):
-    """The FunctionProto that defines ``node`` (None when its schema defines none)."""
+def function_body(node, opset: int, inputs: list, elem_types: list, shapes: list | None = None):
+    """The FunctionProto that defines ``node`` and the node with its defaults filled in (None when its
+    schema defines none). ``inputs``: the node's values (None where absent or not known: a
+    context-dependent body is then built from ``elem_types`` and, where given, ``shapes``: dims, None
+    for an unknown dim or shape)."""
     schema = _schema(node.op_type, opset, node.domain)
     if schema is None:
         return None
@@ -59,8 +62,9 @@ def function_body(node, opset: int, inputs: list, elem_types: list):
         versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
         if not versions:
             return None
-        types = [(_type_proto(x, t) if x is not None else onnx.TypeProto()).SerializeToString()
-                 for x, t in zip(inputs, elem_types)]
+        shapes = shapes or [None] * len(inputs)
+        types = [(_type_proto(x, t) if x is not None else helper.make_tensor_type_proto(t, d) if t
+                  else onnx.TypeProto()).SerializeToString() for x, t, d in zip(inputs, elem_types, shapes)]
         text = schema.get_context_dependent_function_with_opset_version(max(versions), full.SerializeToString(),
                                                                            types)
     else:

@@ -17,6 +17,7 @@ pre-activations of the gates) and LSTM's peepholes and ``input_forget`` are supp
 from __future__ import annotations
 
 from collections import ChainMap
+from contextlib import contextmanager
 
 import torch
 
@@ -47,6 +48,19 @@ class Scope(dict):
 
     def get(self, name, default=None):
         return self[name] if name in self else default
+
+
+@contextmanager
+def inner_scope(importer):
+    """Lower a body inline in ``importer``'s graph with names of its own: it reads the enclosing
+    values as they are, and what it defines stays inside (an If branch, a SequenceMap body, an
+    unrolled Loop trip)."""
+    saved = importer.env
+    importer.env = Scope(saved, lambda name, value: value)
+    try:
+        yield
+    finally:
+        importer.env = saved
 
 
 def build_loop(b, trips: int, args: list, slicings: list, body_fn, combines: list, *, what: str = "loop"):

@@ -55,8 +55,10 @@ def _pad_value(dtype, kind):
 
 
 # ---------------------------------------------------------------- convolution
-@onnx_op("Conv")
-def lower_conv(b, x, w, bias=None):
+def conv_call(b, x, w, bias=None, *, dtype=None):
+    """The ``aten.convolution`` of an ONNX Conv-like node (kernel_shape, strides, dilations, pads or
+    auto_pad, group): asymmetric pads become an explicit zero pad first. ``dtype``: compute in it
+    (the result is cast back to ``x``'s dtype)."""
     n = rank_of(x) - 2
     kernel = list(b.attr("kernel_shape", shape_of(w)[2:]))
     strides = list(b.attr("strides", [1] * n))
@@ -64,10 +66,19 @@ def lower_conv(b, x, w, bias=None):
     pads = _spatial_pads(b, shape_of(x)[2:], kernel, strides, dilations)
     sym = [p[0] for p in pads]
     if any(p[0] != p[1] for p in pads):
-        x = b.call("aten.constant_pad_nd.default", x, _torch_pad_list(pads), 0.0)
+        x = b.call("aten.constant_pad_nd.default", x, _torch_pad_list(pads), 0)
         sym = [0] * n
-    return b.call("aten.convolution.default", x, w, bias, strides, sym, dilations, False, [0] * n,
-                  int(b.attr("group", 1)))
+    out = dtype_of(x)
+    if dtype is not None:
+        x, w, bias = (None if t is None else b.cast(t, dtype) for t in (x, w, bias))
+    y = b.call("aten.convolution.default", x, w, bias, strides, sym, dilations, False, [0] * n,
+               int(b.attr("group", 1)))
+    return y if dtype is None else b.cast(y, out)
+
+
+@onnx_op("Conv")
+def lower_conv(b, x, w, bias=None):
+    return conv_call(b, x, w, bias)
 
 
 @onnx_op("ConvTranspose")
@@ -179,11 +190,7 @@ def lower_max_pool(b, x):
     return y, b.call("aten.add.Tensor", idx, offset)
 
 
-def claim_avgpool(attrs, types, opset, ranks):
-    return None
-
-
-@onnx_op("AveragePool", claim=claim_avgpool)
+@onnx_op("AveragePool")
 def lower_avg_pool(b, x):
     n, kernel, strides, dilations, pads = _pool_geometry(b, x)
     ceil = bool(b.attr("ceil_mode", 0))

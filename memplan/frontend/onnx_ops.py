@@ -36,19 +36,19 @@ def supported_onnx_ops() -> list[str]:
 
 def lower_node(importer, node) -> None:
     """Lower one ONNX node into ``importer.graph``, binding its outputs in ``importer.env``."""
-    ops = supported_onnx_ops()
     where = f"node {node.name!r}" if node.name else f"node producing {list(node.output)}"
     if node.domain not in ("", "ai.onnx"):
         raise UnsupportedOpError(f"ONNX op {node.domain}::{node.op_type} ({where}) is not supported: memplan "
-                                 f"lowers the default ONNX domain only ({len(ops)} ops)",
+                                 f"lowers the default ONNX domain only ({len(ONNX_OPS)} ops)",
                                  op=f"{node.domain}::{node.op_type}", node=node.name)
     _check_attribute_types(node, importer.opset, where)
     op = ONNX_OPS.get(node.op_type)
     if op is None:
-        from memplan.frontend.onnx_functions import has_function, lower_function_op
+        from memplan.frontend.onnx_functions import has_function
         if has_function(node.op_type, importer.opset):  # defined by a function of other ops: lowered through it
             _lower_through_function(importer, node)
             return
+        ops = supported_onnx_ops()
         raise UnsupportedOpError(f"ONNX op {node.op_type} ({where}) is not supported; memplan lowers {len(ops)} "
                                  f"ONNX ops: {', '.join(ops)}", op=f"onnx::{node.op_type}", node=node.name)
     attrs = attributes(node)
@@ -79,23 +79,27 @@ def lower_node(importer, node) -> None:
                 if is_const(item):
                     importer.keep_alive.append(item)
         importer.env[name] = results[i]
-        known = importer.onnx_types.get(name)
-        if not is_tensor_like(results[i]):
-            continue  # a sequence or an empty optional: its elements are typed as they are made
-        if getattr(b, "out_elem_types", {}).get(i) is not None:
-            importer.elem_types[name] = b.out_elem_types[i]
-        elif known is not None and known[0]:
-            importer.elem_types[name] = known[0]
-        else:
-            try:
-                importer.elem_types[name] = onnx_elem_type(dtype_of(results[i]))
-            except KeyError:
-                pass
+        _record_elem_type(importer, name, results[i], b.out_elem_types.get(i))
         if is_const(results[i]):
             importer.const_names.setdefault(id(results[i]), name)  # a param made of it takes the ONNX name
             importer.keep_alive.append(results[i])
     _rename_outputs(b, node, results)
     check_node_types(importer, node, results)
+
+
+def _record_elem_type(importer, name: str, value, given: int | None = None) -> None:
+    """The ONNX element type ``name`` holds: what the lowering says (a cast to a carried type), else
+    what ONNX type inference says, else its torch dtype's. A sequence or an empty optional has none
+    (its elements are typed as they are made)."""
+    if not is_tensor_like(value):
+        return
+    known = importer.onnx_types.get(name)
+    if given is not None:
+        importer.elem_types[name] = given
+    elif known is not None and known[0]:
+        importer.elem_types[name] = known[0]
+    else:
+        importer.elem_types[name] = onnx_elem_type(dtype_of(value))
 
 
 def _check_attribute_types(node, opset: int, where: str) -> None:
@@ -132,9 +136,7 @@ def _lower_through_function(importer, node) -> None:
             raise UnsupportedOpError(f"ONNX op {node.op_type} (node {node.name!r}): its function body does not "
                                      f"produce output {i} ({name!r})", op=f"onnx::{node.op_type}", node=node.name)
         importer.env[name] = results[i]
-        if not is_const(results[i]):
-            importer.elem_types[name] = onnx_elem_type(dtype_of(results[i])) if name not in importer.elem_types else \
-                importer.elem_types[name]
+        _record_elem_type(importer, name, results[i])
 
 
 def _rename_outputs(b: NodeBuilder, node, results) -> None:

@@ -175,37 +175,26 @@ def lower_qlinear_matmul(b, a, a_scale, a_zero_point, w, w_scale, w_zero_point, 
     B = _minus_zero_point(b, w, w_zero_point, per_row_axis=rank_of(w) - 1)
     acc = b.call("aten.matmul.default", A, B)
     # the reference: a_scale * b_scale / y_scale in the scales' type, then times the int32 result (float64)
-    scale = b.call("aten.div.Tensor", b.call("aten.mul.Tensor", a_scale, _row_scale(b, w_scale, rank_of(w) - 1,
-                                                                                    rank_of(acc))), y_scale)
+    scale = b.call("aten.div.Tensor", b.call("aten.mul.Tensor", a_scale, _column_scale(b, w_scale, rank_of(acc))),
+                   y_scale)
     out = dtype_of(y_zero_point) if y_zero_point is not None else dtype_of(a)
     lo, hi = (0, 255) if out == torch.uint8 else (-128, 127)
     return _requantize(b, acc, scale, y_zero_point, out, lo, hi)
 
 
-def _row_scale(b, s, axis: int, rank: int):
+def _column_scale(b, s, rank: int):
+    """A per-column scale of a matmul's second operand, shaped against a rank-``rank`` result."""
     if rank_of(s) == 1 and shape_of(s)[0] > 1:
         return b.reshape(s, [shape_of(s)[0] if i == rank - 1 else 1 for i in range(rank)])
     return s
 
 
 def _int_conv(b, X, W, bias=None):
-    from memplan.frontend.onnx_nn import _spatial_pads, _torch_pad_list
-    n = rank_of(X) - 2
-    kernel = list(b.attr("kernel_shape", shape_of(W)[2:]))
-    strides = list(b.attr("strides", [1] * n))
-    dilations = list(b.attr("dilations", [1] * n))
-    pads = _spatial_pads(b, shape_of(X)[2:], kernel, strides, dilations)
-    sym = [p[0] for p in pads]
-    if any(p[0] != p[1] for p in pads):  # X less its zero point: a padded 0 is the zero point, as the spec says
-        X = b.call("aten.constant_pad_nd.default", X, _torch_pad_list(pads), 0)
-        sym = [0] * n
-    if any(d != 1 for d in dilations):  # aten has no dilated int32 convolution: float64 sums these exactly
-        y = b.call("aten.convolution.default", b.cast(X, torch.float64), b.cast(W, torch.float64),
-                   None if bias is None else b.cast(bias, torch.float64), strides, sym, dilations, False, [0] * n,
-                   int(b.attr("group", 1)))
-        return b.cast(y, torch.int32)
-    return b.call("aten.convolution.default", X, W, bias, strides, sym, dilations, False, [0] * n,
-                  int(b.attr("group", 1)))
+    """The int32 convolution of ``X`` and ``W`` less their zero points (a padded 0 is the zero point,
+    as the spec says). aten has no dilated int32 convolution: float64 sums those exactly."""
+    from memplan.frontend.onnx_nn import conv_call
+    dilated = any(d != 1 for d in b.attr("dilations", []))
+    return conv_call(b, X, W, bias, dtype=torch.float64 if dilated else None)
 
 
 @onnx_op("ConvInteger")

@@ -121,7 +121,7 @@ def lower_concat_from_sequence(b, seq):
 @onnx_op("SequenceMap")
 def lower_sequence_map(b, seq, *extra):
     from memplan.frontend.onnx_control import _body, lower_subgraph
-    from memplan.frontend.onnx_loops import Scope
+    from memplan.frontend.onnx_loops import inner_scope
     graph = _body(b, "body")
     seq = _seq(b, seq)
     seqs = [seq] + [e for e in extra if isinstance(e, OnnxSequence)]
@@ -130,12 +130,8 @@ def lower_sequence_map(b, seq, *extra):
     outs = [[] for _ in graph.output]
     for i in range(len(seq)):
         args = [seq[i]] + [e[i] if isinstance(e, OnnxSequence) else e for e in extra]
-        saved = b.importer.env
-        b.importer.env = Scope(saved, lambda name, value: value)
-        try:
+        with inner_scope(b.importer):
             results = lower_subgraph(b, graph, args)
-        finally:
-            b.importer.env = saved
         for j, r in enumerate(results):
             outs[j].append(r)
     return tuple(OnnxSequence(o, _elem(o[0]) if o else 0) for o in outs)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from memplan.ir.graph import Value
+
 UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
 _SAME_BITS = frozenset({"aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.bitwise_and.Tensor",
                         "aten.bitwise_or.Tensor", "aten.bitwise_xor.Tensor", "aten.bitwise_not.default",
@@ -36,7 +38,7 @@ def _dtype(x):
 def unsigned_dtype(args) -> torch.dtype | None:
     """The unsigned dtype among the tensor arguments (None if there is none)."""
     for a in args:
-        if (isinstance(a, torch.Tensor) or hasattr(a, "type")) and _dtype(a) in UNSIGNED:
+        if _is_tensor(a) and _dtype(a) in UNSIGNED:
             return _dtype(a)
     return None
 
@@ -116,7 +118,7 @@ def _moved(b, op: str, dt, args, kwargs):
 
 
 def _is_tensor(a) -> bool:
-    return isinstance(a, torch.Tensor) or hasattr(a, "type")
+    return isinstance(a, (torch.Tensor, Value))
 
 
 def _back(b, x):

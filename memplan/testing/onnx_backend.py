@@ -38,7 +38,7 @@ from memplan.frontend.onnx import from_onnx, load_model, prepare_model
 from memplan.frontend.onnx_common import (CARRIED_DTYPES, CLAIMED_ELEM_TYPES, NARROW_TYPES, ONNX_DTYPES,
                                           UNSIGNED_WIDE, NeedsConstantError, array_to_tensor, attributes,
                                           tensor_to_array, torch_dtype_of)
-from memplan.frontend.onnx_functions import has_function
+from memplan.frontend.onnx_functions import function_body, has_function
 from memplan.frontend.onnx_ops import ONNX_OPS  # the whole table (its modules register on import)
 
 
@@ -78,6 +78,7 @@ def claim_reason(model) -> str | None:
     types = {vi.name: vi.type.tensor_type.elem_type for vi in g.input if vi.type.HasField("tensor_type")}
     types.update({i.name: i.data_type for i in g.initializer})
     ranks = {i.name: len(i.dims) for i in g.initializer}
+    shapes = {i.name: list(i.dims) for i in g.initializer}  # dims where known: function bodies are built from them
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -85,12 +86,14 @@ def claim_reason(model) -> str | None:
                 types[vi.name] = vi.type.tensor_type.elem_type
                 if vi.type.tensor_type.HasField("shape"):
                     ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+                    shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                                       for d in vi.type.tensor_type.shape.dim]
     except Exception:  # noqa: BLE001
         pass
-    return _nodes_reason(g.node, types, ranks, _opset(model))
+    return _nodes_reason(g.node, types, ranks, _opset(model), shapes)
 
 
-def _nodes_reason(nodes, types, ranks, opset) -> str | None:
+def _nodes_reason(nodes, types, ranks, opset, shapes=None) -> str | None:
     """Why memplan does not claim these nodes (a graph's or a body's); None when it does."""
     for node in nodes:
         if node.domain not in ("", "ai.onnx"):
@@ -99,7 +102,7 @@ def _nodes_reason(nodes, types, ranks, opset) -> str | None:
         if op is None:
             if not has_function(node.op_type, opset):
                 return f"op {node.op_type}"
-            reason = _function_reason(node, types, ranks, opset)
+            reason = _function_reason(node, types, opset, shapes or {})
             if reason:
                 return reason
             continue
@@ -142,28 +145,17 @@ def _nodes_reason(nodes, types, ranks, opset) -> str | None:
     return None
 
 
-def _function_reason(node, types, ranks, opset) -> str | None:
+def _function_reason(node, types, opset, shapes) -> str | None:
     """Why a function op's body is not claimed (its body nodes checked as any others)."""
-    schema = onnx.defs.get_schema(node.op_type, opset)
-    if schema.has_function:
-        versions = [v for v in schema.function_opset_versions if v <= opset]
-        if not versions:
-            return f"op {node.op_type}: no function body at opset {opset}"
-        body = onnx.FunctionProto()
-        body.ParseFromString(schema.get_function_with_opset_version(max(versions)))
-        reason = _nodes_reason(body.node, {}, {}, opset)
-        return f"{node.op_type} (function): {reason}" if reason else None
-    versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
-    in_types = [onnx.helper.make_tensor_type_proto(types[n], None).SerializeToString() if n and types.get(n)
-                else onnx.TypeProto().SerializeToString() for n in node.input]
     try:
-        text = schema.get_context_dependent_function_with_opset_version(max(versions), node.SerializeToString(),
-                                                                           in_types)
+        found = function_body(node, opset, [None] * len(node.input),
+                              [types.get(n) if n else None for n in node.input],
+                              [shapes.get(n) if n else None for n in node.input])
     except Exception as exc:  # noqa: BLE001  (the body cannot be built without the types memplan lowers with)
         return f"op {node.op_type}: its function body ({exc})"
-    body = onnx.FunctionProto()
-    body.ParseFromString(text)
-    reason = _nodes_reason(body.node, {}, {}, opset)
+    if found is None:
+        return f"op {node.op_type}: no function body at opset {opset}"
+    reason = _nodes_reason(found[0].node, {}, {}, opset)
     return f"{node.op_type} (function): {reason}" if reason else None
 
 
